@@ -1,0 +1,147 @@
+"""Validation and result assembly shared by the detectors (private)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .correction import CORRECTIONS, adjust_p_values
+from .errors import InsufficientDataError
+from .results import DriftResult, FeatureResult
+
+# dtype kinds accepted per kind of column: bool, signed, unsigned, float / + str, bytes, object.
+NUMERIC_KINDS = "biuf"
+CATEGORICAL_KINDS = "biuUSO"
+
+
+def check_options(alpha: float, correction: str, min_samples: int) -> tuple[float, str, int]:
+    """Validate the keyword arguments every detector shares."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)):
+        raise TypeError(f"alpha must be a float in (0, 1), got {type(alpha).__name__}")
+    if not 0.0 < float(alpha) < 1.0:  # also rejects NaN
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    if not isinstance(correction, str) or correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+    if isinstance(min_samples, bool) or not isinstance(min_samples, (int, np.integer)):
+        raise TypeError(f"min_samples must be an int >= 1, got {type(min_samples).__name__}")
+    if min_samples < 1:
+        raise ValueError(f"min_samples must be >= 1, got {min_samples!r}")
+    return float(alpha), correction, int(min_samples)
+
+
+def column(feature: str, values: object, kinds: str, what: str) -> np.ndarray:
+    """Return ``values`` as a 1-D array whose dtype kind is in ``kinds``.
+
+    Does not copy; callers that keep or reorder the array must copy it themselves.
+    """
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{what} feature {feature!r} must be 1-D, got shape {array.shape}")
+    if array.dtype.kind not in kinds:
+        raise TypeError(f"{what} feature {feature!r} has unsupported dtype {array.dtype}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"{what} feature {feature!r} contains NaN or infinite values")
+    return array
+
+
+def reference_columns(
+    reference: Mapping[str, np.ndarray], kinds: str, min_samples: int
+) -> dict[str, np.ndarray]:
+    """Validate the reference mapping; return its columns in order (not copied)."""
+    if not isinstance(reference, Mapping):
+        raise TypeError(f"reference must be a mapping of feature -> array, got {type(reference).__name__}")
+    if not reference:
+        raise ValueError("reference must contain at least one feature")
+    columns = {}
+    for feature, values in reference.items():
+        if not isinstance(feature, str):
+            raise TypeError(f"reference feature names must be str, got {feature!r}")
+        array = column(feature, values, kinds, "reference")
+        if array.size < min_samples:
+            raise InsufficientDataError(
+                f"reference feature {feature!r} has {array.size} values, min_samples is {min_samples}"
+            )
+        columns[feature] = array
+    return columns
+
+
+def current_columns(
+    current: Mapping[str, np.ndarray], features: Sequence[str], kinds: str
+) -> dict[str, np.ndarray]:
+    """Validate the current window; return the reference features' columns (not copied)."""
+    if not isinstance(current, Mapping):
+        raise TypeError(f"current must be a mapping of feature -> array, got {type(current).__name__}")
+    columns = {}
+    for feature in features:
+        if feature not in current:
+            raise KeyError(f"current window is missing feature {feature!r}")
+        columns[feature] = column(feature, current[feature], kinds, "current")
+    return columns
+
+
+def assemble(
+    detector: str,
+    features: Sequence[str],
+    statistics: np.ndarray,
+    p_values: np.ndarray,
+    n_reference: Sequence[int],
+    n_current: Sequence[int],
+    alpha: float,
+    correction: str,
+) -> DriftResult:
+    """Correct the p-values across features and build the result."""
+    adjusted = adjust_p_values(p_values, correction)
+    per_feature = tuple(
+        FeatureResult(
+            feature=name,
+            statistic=float(stat),
+            p_value=float(p),
+            adjusted_p_value=float(adj),
+            drifted=bool(adj < alpha),
+            n_reference=int(n_ref),
+            n_current=int(n_cur),
+        )
+        for name, stat, p, adj, n_ref, n_cur in zip(
+            features, statistics, p_values, adjusted, n_reference, n_current, strict=True
+        )
+    )
+    return DriftResult(
+        detector=detector,
+        statistic=float(np.max(statistics)),
+        p_value=float(np.min(adjusted)),
+        threshold=alpha,
+        drifted=any(f.drifted for f in per_feature),
+        n_reference=max(n_reference),
+        n_current=max(n_current),
+        correction=correction,
+        features=per_feature,
+    )
+
+
+def insufficient(
+    detector: str,
+    features: Sequence[str],
+    n_reference: Sequence[int],
+    n_current: Sequence[int],
+    alpha: float,
+    correction: str,
+) -> DriftResult:
+    """The result for a window that cannot be tested: nothing drifted, no p-values."""
+    per_feature = tuple(
+        FeatureResult(name, math.nan, None, None, False, int(n_ref), int(n_cur))
+        for name, n_ref, n_cur in zip(features, n_reference, n_current, strict=True)
+    )
+    return DriftResult(
+        detector=detector,
+        statistic=math.nan,
+        p_value=None,
+        threshold=alpha,
+        drifted=False,
+        n_reference=max(n_reference),
+        n_current=max(n_current),
+        correction=correction,
+        features=per_feature,
+        insufficient_data=True,
+    )

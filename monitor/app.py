@@ -1,0 +1,122 @@
+"""The composition root: builds the concrete pipeline from settings, serves, shuts down."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from monitor.deadletter import DeadLetter
+from monitor.evaluate import ModelEvaluator, WindowReport
+from monitor.metrics import Metrics, serve
+from monitor.pipeline import ModelState, Pipeline
+from monitor.reference import load_reference
+from monitor.schema import Decoder, ModelSchema
+from monitor.settings import CountWindow, Settings
+from monitor.sinks import PrometheusSink, Sink
+from monitor.sources import Source
+from monitor.storage import SqlStore
+from monitor.windows import CountWindows, TimeWindows
+
+log = logging.getLogger("driftline")
+
+
+@dataclass
+class Daemon:
+    """Everything ``driftline run`` owns; :meth:`close` releases it in order."""
+
+    settings: Settings
+    pipeline: Pipeline
+    store: SqlStore
+    metrics: Metrics
+    metrics_port: int | None = None
+    _server: Any = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, *, until_exhausted: bool = False) -> None:
+        try:
+            self.pipeline.run(self.stop, until_exhausted=until_exhausted)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for closer in (self.pipeline.source.close, self.pipeline.dead_letter.close,
+                       self.store.close):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - shutting down: log and go on releasing
+                log.exception("error while closing")
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def build_daemon(
+    settings: Settings,
+    *,
+    source: Source | None = None,
+    dead_letter: DeadLetter | None = None,
+    metrics: Metrics | None = None,
+    serve_metrics: bool = True,
+    on_report: Callable[[WindowReport], None] | None = None,
+) -> Daemon:
+    """Wire the daemon. ``source``/``dead_letter`` default to Kafka from the settings."""
+    metrics = metrics or Metrics()
+    store = SqlStore(settings.storage.url)
+    store.create_schema()
+    last_index = store.last_window_index()
+
+    models: dict[str, ModelState] = {}
+    schemas: dict[str, ModelSchema] = {}
+    for m in settings.models:
+        kinds = {f.name: f.type for f in m.features}
+        reference = load_reference(m.reference.path, kinds, m.reference.format)
+        evaluator = ModelEvaluator(m, reference)
+        prev = last_index.get(m.name)
+        windows: CountWindows | TimeWindows
+        if isinstance(m.window, CountWindow):
+            windows = CountWindows(m.name, m.window.size,
+                                   next_index=0 if prev is None else prev + 1)
+        else:
+            windows = TimeWindows(m.name, m.window.seconds, m.window.allowed_lateness_seconds,
+                                  last_closed_index=prev)
+        models[m.name] = ModelState(evaluator, windows)
+        schemas[m.name] = ModelSchema(kinds)
+    metrics.prime((name, s.evaluator.detector_names) for name, s in models.items())
+
+    if source is None or dead_letter is None:
+        from monitor.kafka_io import KafkaDeadLetter, KafkaSource
+
+        source = source or KafkaSource(settings.source.kafka)
+        dead_letter = dead_letter or KafkaDeadLetter(settings.source.kafka)
+
+    sinks: list[Sink] = [store, PrometheusSink(metrics)]  # durable first, then visible
+    pipeline = Pipeline(
+        source=source, decoder=Decoder(schemas, settings.limits.max_record_bytes),
+        models=models, sinks=sinks, dead_letter=dead_letter, metrics=metrics,
+        stored_offsets=store.stored_offsets(), on_report=on_report,
+        poll_timeout_s=settings.source.kafka.poll_timeout_ms / 1000,
+    )
+    daemon = Daemon(settings, pipeline, store, metrics)
+    if serve_metrics:
+        server, _thread = serve(metrics, settings.metrics.address, settings.metrics.port)
+        daemon._server = server
+        daemon.metrics_port = server.server_port
+        log.info("serving /metrics on %s:%d", settings.metrics.address, daemon.metrics_port)
+    return daemon
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT set ``stop``: the loop finishes its batch, flushes, commits, exits."""
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: finishing the current batch, then stopping",
+                 signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,79 @@
+"""Where rejected records go: never dropped, always with the reason and their coordinates."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+from monitor.errors import RecordError
+from monitor.sources import Message
+
+#: Header names on dead-lettered Kafka messages.
+HEADER_REASON = "driftline.reason"
+HEADER_DETAIL = "driftline.detail"
+HEADER_TOPIC = "driftline.source.topic"
+HEADER_PARTITION = "driftline.source.partition"
+HEADER_OFFSET = "driftline.source.offset"
+
+
+def dead_letter_headers(msg: Message, error: RecordError) -> list[tuple[str, bytes]]:
+    return [
+        (HEADER_REASON, error.reason.encode()),
+        (HEADER_DETAIL, error.detail[:1000].encode("utf-8", "replace")),
+        (HEADER_TOPIC, msg.topic.encode()),
+        (HEADER_PARTITION, str(msg.partition).encode()),
+        (HEADER_OFFSET, str(msg.offset).encode()),
+    ]
+
+
+class DeadLetter(Protocol):
+    def send(self, msg: Message, error: RecordError) -> None: ...
+
+    def flush(self) -> None:
+        """Block until everything sent is durable; raising means "do not commit"."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class MemoryDeadLetter:
+    """Keeps rejected records in a list (unit tests)."""
+
+    records: list[tuple[Message, RecordError]] = field(default_factory=list)
+
+    def send(self, msg: Message, error: RecordError) -> None:
+        self.records.append((msg, error))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class JsonlDeadLetter:
+    """Appends rejected records to a JSONL file (the demo, and runs without Kafka)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[str] = path.open("a", encoding="utf-8")
+        self.count = 0
+
+    def send(self, msg: Message, error: RecordError) -> None:
+        value = b"" if msg.value is None else msg.value
+        self._fh.write(json.dumps({
+            "reason": error.reason, "detail": error.detail, "topic": msg.topic,
+            "partition": msg.partition, "offset": msg.offset,
+            "value_base64": base64.b64encode(value).decode(),
+        }) + "\n")
+        self.count += 1
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()

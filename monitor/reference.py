@@ -1,0 +1,102 @@
+"""Reads a model's reference data (CSV, JSONL or Parquet) into one array per feature.
+
+JSONL lines may be flat feature objects or whole inference records (their ``features`` object
+is used), so a captured slice of production traffic can serve as the reference directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitor.errors import ReferenceDataError
+from monitor.schema import FeatureKind
+
+
+def _format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in {".csv", ".tsv"}:
+        return "csv"
+    if suffix in {".jsonl", ".ndjson", ".json"}:
+        return "jsonl"
+    if suffix in {".parquet", ".pq"}:
+        return "parquet"
+    raise ReferenceDataError(
+        f"{path}: cannot tell the format from the suffix '{suffix}'; set reference.format")
+
+
+def _rows(path: Path, fmt: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    if fmt == "csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            for i, row in enumerate(csv.DictReader(fh), start=2):  # line 1 is the header
+                yield i, row
+    elif fmt == "jsonl":
+        with path.open(encoding="utf-8") as fh:
+            for i, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)
+                except ValueError as exc:
+                    raise ReferenceDataError(f"{path}:{i}: not JSON: {exc}") from None
+                if not isinstance(doc, dict):
+                    raise ReferenceDataError(f"{path}:{i}: each line must be a JSON object")
+                feats = doc.get("features")
+                yield i, feats if isinstance(feats, dict) else doc
+    else:  # parquet
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ReferenceDataError(
+                f"{path}: Parquet needs pyarrow: pip install 'driftline[parquet]'") from None
+        table = pq.read_table(path)
+        for i, row in enumerate(table.to_pylist(), start=1):
+            yield i, row
+
+
+def load_reference(path: Path, features: Mapping[str, FeatureKind],
+                   fmt: str = "auto") -> dict[str, np.ndarray]:
+    """Load ``features`` from ``path``: float64 arrays for numeric, str arrays for categorical.
+
+    Raises :class:`ReferenceDataError` naming the file, row and column of any bad value.
+    """
+    if not path.is_file():
+        raise ReferenceDataError(f"{path}: reference file not found")
+    fmt = _format(path, fmt)
+    cols: dict[str, list[Any]] = {name: [] for name in features}
+    try:
+        for row_no, row in _rows(path, fmt):
+            for name, kind in features.items():
+                if name not in row or row[name] is None or row[name] == "":
+                    raise ReferenceDataError(f"{path}: row {row_no}: missing column '{name}'")
+                v = row[name]
+                if kind == "numeric":
+                    try:
+                        f = float(v)
+                    except (TypeError, ValueError):
+                        raise ReferenceDataError(
+                            f"{path}: row {row_no}: column '{name}' is numeric, got {v!r}"
+                        ) from None
+                    if not math.isfinite(f) or isinstance(v, bool):
+                        raise ReferenceDataError(
+                            f"{path}: row {row_no}: column '{name}' must be a finite number")
+                    cols[name].append(f)
+                else:
+                    cols[name].append(json.dumps(v) if isinstance(v, bool) else str(v))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ReferenceDataError(f"{path}: cannot read: {exc}") from None
+    n = len(next(iter(cols.values()))) if cols else 0
+    if n < 2:
+        raise ReferenceDataError(f"{path}: needs at least 2 rows, found {n}")
+    return {
+        name: np.asarray(values, dtype=np.float64 if features[name] == "numeric" else object)
+        for name, values in cols.items()
+    }

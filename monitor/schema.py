@@ -1,0 +1,233 @@
+"""The inference-log and delayed-label record schemas, and their validating decoder.
+
+Records travel as UTF-8 JSON objects. An inference record::
+
+    {"model": "fraud", "model_version": "3", "request_id": "r-17",
+     "timestamp": "2026-11-23T10:00:00Z",            # RFC 3339 string or Unix seconds
+     "features": {"amount": 12.5, "country": "DE"},  # every configured feature
+     "prediction": 1,                                 # class (int/str/bool) or value (float)
+     "probabilities": [0.1, 0.9],                     # optional
+     "input": {"text": "..."},                        # optional: {"text": str} or {"array": [...]}
+     "embedding": [0.12, -0.5]}                       # optional, precomputed
+
+A delayed-label record (its own topic)::
+
+    {"request_id": "r-17", "label": 0, "timestamp": 1763892000.0}
+
+Decoding rejects with a :class:`~monitor.errors.RecordError` whose ``reason`` is a fixed
+label (see :data:`monitor.metrics.REJECT_REASONS`) and whose ``detail`` names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from monitor.errors import RecordError
+
+FeatureKind = Literal["numeric", "categorical"]
+Scalar = float | int | str | bool
+
+#: Maximum JSON nesting accepted; deeper documents are hostile, not inference logs.
+MAX_DEPTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRecord:
+    model: str
+    model_version: str
+    request_id: str
+    timestamp: float  # Unix seconds, event time
+    features: Mapping[str, float | str]  # numeric -> float, categorical -> str
+    prediction: Scalar
+    probabilities: tuple[float, ...] | None = None
+    raw_input: str | tuple[float, ...] | None = None
+    embedding: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRecord:
+    request_id: str
+    label: Scalar
+    timestamp: float
+
+
+def _reject_constant(name: str) -> float:
+    # json accepts the non-standard NaN/Infinity literals by default; they are not JSON.
+    raise RecordError("non_finite", f"non-finite literal {name} in JSON")
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed JSON value, stopping early past ``limit``."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def parse_json_object(value: bytes | None, max_bytes: int) -> dict[str, Any]:
+    """Bytes -> JSON object, rejecting oversize, bad encodings, bad JSON and deep nesting."""
+    if value is None:
+        raise RecordError("schema", "empty message (null value)")
+    if len(value) > max_bytes:
+        raise RecordError("oversize", f"{len(value)} bytes exceeds the limit of {max_bytes}")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError("invalid_encoding", f"not UTF-8 at byte {exc.start}") from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except RecordError:
+        raise
+    except RecursionError:
+        raise RecordError("malformed_json", "nesting too deep to parse") from None
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise RecordError("malformed_json", str(exc)) from None
+    if not isinstance(doc, dict):
+        raise RecordError("schema", f"top level must be a JSON object, got {type(doc).__name__}")
+    if _depth(doc, MAX_DEPTH) > MAX_DEPTH:
+        raise RecordError("schema", f"JSON nested deeper than {MAX_DEPTH} levels")
+    return doc
+
+
+def _string(doc: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
+    v = doc.get(name)
+    if v is None:
+        if required:
+            raise RecordError("schema", f"missing field '{name}'")
+        return None
+    if isinstance(v, bool) or not isinstance(v, str | int):
+        raise RecordError("schema", f"field '{name}' must be a string, got {type(v).__name__}")
+    s = str(v)
+    if not s:
+        raise RecordError("schema", f"field '{name}' must not be empty")
+    return s
+
+
+def _finite(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise RecordError("schema", f"{where} must be a number, got {type(v).__name__}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise RecordError("non_finite", f"{where} is not finite")
+    return f
+
+
+def _timestamp(v: Any) -> float:
+    if v is None:
+        raise RecordError("schema", "missing field 'timestamp'")
+    if isinstance(v, str):
+        try:
+            dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise RecordError("schema", f"field 'timestamp' is not RFC 3339: {v[:40]!r}") from None
+        if dt.tzinfo is None:
+            raise RecordError("schema", "field 'timestamp' needs a UTC offset (e.g. 'Z')")
+        return dt.timestamp()
+    return _finite(v, "field 'timestamp'")
+
+
+def _scalar(v: Any, where: str) -> Scalar:
+    if isinstance(v, bool | str | int):
+        return v
+    if isinstance(v, float):
+        return _finite(v, where)
+    raise RecordError("schema", f"{where} must be a string, number or boolean")
+
+
+def _vector(v: Any, where: str) -> tuple[float, ...]:
+    if not isinstance(v, list) or not v:
+        raise RecordError("schema", f"{where} must be a non-empty array of numbers")
+    return tuple(_finite(x, f"{where}[{i}]") for i, x in enumerate(v))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSchema:
+    """What the decoder needs to know of a configured model."""
+
+    features: Mapping[str, FeatureKind]
+
+
+class Decoder:
+    """Validates raw bytes into records for the configured models."""
+
+    def __init__(self, models: Mapping[str, ModelSchema], max_bytes: int = 1 << 20) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self._models = dict(models)
+        self._max_bytes = max_bytes
+
+    def decode(self, value: bytes | None) -> InferenceRecord:
+        doc = parse_json_object(value, self._max_bytes)
+        model = _string(doc, "model")
+        assert model is not None  # noqa: S101 - required=True guarantees it
+        schema = self._models.get(model)
+        if schema is None:
+            # Keep the detail short: the name is attacker-controlled and goes into headers.
+            raise RecordError("unknown_model", f"model {model[:64]!r} is not configured")
+        raw_features = doc.get("features")
+        if not isinstance(raw_features, dict):
+            raise RecordError("schema", "field 'features' must be an object")
+        features: dict[str, float | str] = {}
+        for name, kind in schema.features.items():
+            if name not in raw_features or raw_features[name] is None:
+                raise RecordError("schema", f"missing feature '{name}'")
+            v = raw_features[name]
+            if kind == "numeric":
+                features[name] = _finite(v, f"feature '{name}'")
+            elif isinstance(v, str | int | bool):
+                # JSON true and the string "True" must not collide: keep JSON's spelling.
+                features[name] = json.dumps(v) if isinstance(v, bool) else str(v)
+            else:
+                raise RecordError(
+                    "schema", f"feature '{name}' is categorical and must be a string, integer "
+                    f"or boolean, got {type(v).__name__}")
+        if "prediction" not in doc or doc["prediction"] is None:
+            raise RecordError("schema", "missing field 'prediction'")
+        probabilities = doc.get("probabilities")
+        embedding = doc.get("embedding")
+        return InferenceRecord(
+            model=model,
+            model_version=_string(doc, "model_version", required=False) or "",
+            request_id=_string(doc, "request_id") or "",
+            timestamp=_timestamp(doc.get("timestamp")),
+            features=features,
+            prediction=_scalar(doc["prediction"], "field 'prediction'"),
+            probabilities=None if probabilities is None
+            else _vector(probabilities, "field 'probabilities'"),
+            raw_input=_raw_input(doc.get("input")),
+            embedding=None if embedding is None else _vector(embedding, "field 'embedding'"),
+        )
+
+    def decode_label(self, value: bytes | None) -> LabelRecord:
+        doc = parse_json_object(value, self._max_bytes)
+        if "label" not in doc or doc["label"] is None:
+            raise RecordError("schema", "missing field 'label'")
+        return LabelRecord(
+            request_id=_string(doc, "request_id") or "",
+            label=_scalar(doc["label"], "field 'label'"),
+            timestamp=_timestamp(doc.get("timestamp")),
+        )
+
+
+def _raw_input(v: Any) -> str | tuple[float, ...] | None:
+    if v is None:
+        return None
+    if isinstance(v, dict) and len(v) == 1:
+        if isinstance(v.get("text"), str):
+            return str(v["text"])
+        if "array" in v:
+            return _vector(v["array"], "field 'input.array'")
+    raise RecordError("schema", "field 'input' must be {\"text\": str} or {\"array\": [numbers]}")

@@ -1,0 +1,240 @@
+"""Settings: one YAML file plus environment overrides, validated once at start-up.
+
+Environment variables named ``DRIFTLINE__KEY__SUBKEY`` override ``key.subkey`` in the file
+(``DRIFTLINE__MODELS__0__ALPHA=0.01`` reaches into lists by index). Values are parsed as YAML
+scalars, so ``true``, ``10`` and ``[a, b]`` work. This is the only module that reads
+``os.environ``. Relative paths in the file resolve against the file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from monitor.errors import ConfigError
+
+ENV_PREFIX = "DRIFTLINE__"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSettings(_Strict):
+    name: str = Field(min_length=1)
+    type: Literal["numeric", "categorical"]
+
+
+class CountWindow(_Strict):
+    kind: Literal["count"] = "count"
+    size: int = Field(gt=1, description="Records per tumbling window.")
+
+
+class TimeWindow(_Strict):
+    kind: Literal["time"] = "time"
+    seconds: float = Field(gt=0, description="Window length in event time.")
+    allowed_lateness_seconds: float = Field(
+        default=0, ge=0,
+        description="How long after a window's end records may still arrive for it.")
+    min_records: int = Field(default=2, ge=1)
+
+
+Window = Annotated[CountWindow | TimeWindow, Field(discriminator="kind")]
+Correction = Literal["bonferroni", "benjamini-hochberg", "none"]
+
+
+class DetectorSettings(_Strict):
+    kind: Literal["ks", "chi2"]
+    features: tuple[str, ...] | None = Field(
+        default=None, description="Features to test; default: every feature of the right type.")
+    alpha: float | None = Field(default=None, gt=0, lt=1)
+    correction: Correction | None = None
+
+
+class ReferenceSettings(_Strict):
+    path: Path
+    format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
+
+
+class ModelSettings(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    version: str | None = None
+    reference: ReferenceSettings
+    features: tuple[FeatureSettings, ...] = Field(min_length=1)
+    window: Window
+    detectors: tuple[DetectorSettings, ...] | None = Field(
+        default=None, description="Default: ks on numeric features, chi2 on categorical ones.")
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    correction: Correction = "bonferroni"
+
+    @field_validator("features")
+    @classmethod
+    def _unique_features(cls, v: tuple[FeatureSettings, ...]) -> tuple[FeatureSettings, ...]:
+        names = [f.name for f in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate feature names: {', '.join(dupes)}")
+        return v
+
+    @model_validator(mode="after")
+    def _detector_features_exist(self) -> ModelSettings:
+        kinds = {f.name: f.type for f in self.features}
+        wanted = {"ks": "numeric", "chi2": "categorical"}
+        seen: set[str] = set()
+        for i, det in enumerate(self.detectors or ()):
+            if det.kind in seen:
+                raise ValueError(f"detectors[{i}]: detector '{det.kind}' is listed twice")
+            seen.add(det.kind)
+            if det.features is None and not any(k == wanted[det.kind] for k in kinds.values()):
+                raise ValueError(f"detectors[{i}] ({det.kind}) has no {wanted[det.kind]} "
+                                 "features to test")
+            for name in det.features or ():
+                if name not in kinds:
+                    raise ValueError(f"detectors[{i}] names unknown feature '{name}'")
+                if kinds[name] != wanted[det.kind]:
+                    raise ValueError(
+                        f"detectors[{i}] ({det.kind}) needs {wanted[det.kind]} features, "
+                        f"'{name}' is {kinds[name]}")
+        return self
+
+
+class KafkaSettings(_Strict):
+    bootstrap_servers: str = "localhost:9092"
+    topics: tuple[str, ...] = ("inference-logs",)
+    labels_topic: str | None = None
+    group_id: str = "driftline"
+    dead_letter_topic: str = "driftline-dead-letter"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    poll_timeout_ms: int = Field(default=500, ge=0)
+    max_poll_records: int = Field(default=5000, ge=1)
+    # Passed through to kafka-python unchanged (security_protocol, sasl_mechanism,
+    # sasl_plain_username, ssl_cafile, ...). Never logged.
+    security: Mapping[str, Any] = Field(default_factory=dict)
+    consumer: Mapping[str, Any] = Field(default_factory=dict)
+    producer: Mapping[str, Any] = Field(default_factory=dict)
+
+
+class SourceSettings(_Strict):
+    kind: Literal["kafka"] = "kafka"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+
+class MetricsSettings(_Strict):
+    address: str = "0.0.0.0"  # noqa: S104 - a daemon's /metrics is meant to be scraped
+    port: int = Field(default=9108, ge=0, le=65535)
+
+
+class StorageSettings(_Strict):
+    url: str = "sqlite:///driftline.db"
+
+
+class LimitsSettings(_Strict):
+    max_record_bytes: int = Field(default=1 << 20, gt=0)
+
+
+class Settings(_Strict):
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    models: tuple[ModelSettings, ...] = Field(min_length=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, v: tuple[ModelSettings, ...]) -> tuple[ModelSettings, ...]:
+        names = [m.name for m in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model names: {', '.join(dupes)}")
+        return v
+
+
+def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
+    for var, raw in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in var[len(ENV_PREFIX):].split("__")]
+        if not all(path):
+            raise ConfigError(f"environment variable {var}: empty key segment")
+        try:
+            value = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"environment variable {var}: not a YAML value: {exc}") from None
+        node: Any = doc
+        for i, key in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    where = ".".join(path[:i]) or "<root>"
+                    raise ConfigError(
+                        f"environment variable {var}: '{key}' is not an index of list "
+                        f"'{where}' (length {len(node)})")
+                if last:
+                    node[int(key)] = value
+                else:
+                    node = node[int(key)]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = value
+                else:
+                    node = node.setdefault(key, {})
+            else:
+                raise ConfigError(
+                    f"environment variable {var}: '{'.'.join(path[:i])}' is not a mapping")
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"count", "time"} and out.endswith("window"):
+            continue  # pydantic's discriminator tag, not a key the user wrote
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    models = []
+    for m in settings.models:
+        path = m.reference.path if m.reference.path.is_absolute() else base / m.reference.path
+        models.append(m.model_copy(update={"reference": m.reference.model_copy(
+            update={"path": path})}))
+    return settings.model_copy(update={"models": tuple(models)})
+
+
+def parse_settings(doc: Any, *, source: str = "<settings>", base_dir: Path | None = None,
+                   env: Mapping[str, str] | None = None) -> Settings:
+    """Validate a parsed YAML document (plus env overrides) into :class:`Settings`."""
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(doc).__name__}")
+    _apply_env(doc, os.environ if env is None else env)
+    try:
+        settings = Settings.model_validate(doc)
+    except ValidationError as exc:
+        lines = [f"  {_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{source}: invalid settings\n" + "\n".join(lines)) from None
+    return _resolve_paths(settings, base_dir or Path.cwd())
+
+
+def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, override from the environment, and validate the YAML file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read settings file: {exc.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return parse_settings(doc, source=str(p), base_dir=p.resolve().parent, env=env)

@@ -1,0 +1,83 @@
+"""The record-source seam, and the in-process source the demo and unit tests use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from monitor.windows import TopicPartition
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One raw record with its coordinates; ``value`` is undecoded bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def coordinates(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+class Source(Protocol):
+    def poll(self, timeout_s: float) -> list[Message]:
+        """Up to one batch of messages; empty when nothing arrived within ``timeout_s``."""
+        ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit the next offset to read per partition (everything below it is done)."""
+        ...
+
+    @property
+    def exhausted(self) -> bool:
+        """True for a finite source with nothing left (never for Kafka)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class MemorySource:
+    """A finite, in-process source over byte strings, on one topic and partition.
+
+    It keeps what was committed so tests can check commit-after-flush.
+    """
+
+    values: Iterable[bytes | None]
+    topic: str = "memory"
+    partition: int = 0
+    batch_size: int = 1000
+    first_offset: int = 0  # offset of the first value (a replay from a committed offset)
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    _it: Iterator[bytes | None] | None = None
+    _offset: int = 0
+    _done: bool = False
+
+    def poll(self, timeout_s: float) -> list[Message]:
+        if self._it is None:
+            self._it = iter(self.values)
+            self._offset = self.first_offset
+        batch: list[Message] = []
+        for value in self._it:
+            batch.append(Message(self.topic, self.partition, self._offset, value))
+            self._offset += 1
+            if len(batch) >= self.batch_size:
+                return batch
+        self._done = True
+        return batch
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.committed.update(offsets)
+
+    @property
+    def exhausted(self) -> bool:
+        return self._done
+
+    def close(self) -> None:
+        self._done = True

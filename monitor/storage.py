@@ -1,0 +1,206 @@
+"""SQL storage of window results (SQLAlchemy 2.0; SQLite by default, PostgreSQL by URL).
+
+Writes are upserts keyed by (model, window_index[, detector]), so replaying a window after a
+crash rewrites the same rows instead of adding new ones. The same transaction records, per
+(model, topic, partition), the highest offset already stored in a window: on restart the
+pipeline skips records at or below it, so a replay never counts a record twice.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from monitor.errors import SinkError
+from monitor.evaluate import WindowReport
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class WindowRow(Base):
+    __tablename__ = "driftline_windows"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    window_start: Mapped[float] = mapped_column(Float)
+    window_end: Mapped[float] = mapped_column(Float)
+    n_records: Mapped[int] = mapped_column(Integer)
+    offsets: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"topic/partition": [min, max]}
+    evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ResultRow(Base):
+    __tablename__ = "driftline_results"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    detector: Mapped[str] = mapped_column(String(100), primary_key=True)
+    statistic: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    drifted: Mapped[bool] = mapped_column(Boolean)
+    insufficient_data: Mapped[bool] = mapped_column(Boolean)
+    correction: Mapped[str] = mapped_column(String(50))
+    n_reference: Mapped[int] = mapped_column(Integer)
+    n_current: Mapped[int] = mapped_column(Integer)
+    features: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
+class OffsetRow(Base):
+    __tablename__ = "driftline_offsets"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    max_offset: Mapped[int] = mapped_column(Integer)
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    # JSON and some databases cannot hold NaN/inf; a missing value is the honest encoding.
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _upsert(session: Session, row_cls: type[Base], values: dict[str, Any],
+            keys: list[str]) -> None:
+    dialect = session.get_bind().dialect.name
+    ins: Any
+    if dialect == "postgresql":
+        ins = postgresql.insert(row_cls).values(**values)
+    elif dialect == "sqlite":
+        ins = sqlite.insert(row_cls).values(**values)
+    else:  # pragma: no cover - other dialects: merge() is slower but portable
+        session.merge(row_cls(**values))
+        return
+    update = {k: ins.excluded[k] for k in values if k not in keys}
+    if row_cls is OffsetRow:  # never move the replay mark backwards
+        update["max_offset"] = func.greatest(OffsetRow.max_offset, ins.excluded.max_offset) \
+            if dialect == "postgresql" else func.max(OffsetRow.max_offset, ins.excluded.max_offset)
+    session.execute(ins.on_conflict_do_update(index_elements=keys, set_=update))
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers (dashboards, tests) don't block us
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+    return engine
+
+
+class SqlStore:
+    """Stores window reports; also a :class:`~monitor.sinks.Sink` (buffer, then one txn)."""
+
+    name = "sql"
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine)
+        self._pending: list[WindowReport] = []
+
+    def create_schema(self) -> None:
+        try:
+            Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise SinkError(f"cannot create tables at {self.engine.url!r}: {exc}") from exc
+
+    # -- Sink --------------------------------------------------------------------------
+    def write(self, report: WindowReport) -> None:
+        self._pending.append(report)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        try:
+            with self._sessions.begin() as session:
+                for report in self._pending:
+                    self._store(session, report)
+        except SQLAlchemyError as exc:
+            raise SinkError(f"SQL write failed: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            # On failure the pipeline writes the same reports again before retrying.
+            self._pending.clear()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _store(self, session: Session, r: WindowReport) -> None:
+        _upsert(session, WindowRow, {
+            "model": r.model, "window_index": r.window_index, "window_start": r.window_start,
+            "window_end": r.window_end, "n_records": r.n_records,
+            "offsets": {f"{t}/{p}": list(v) for (t, p), v in sorted(r.offsets.items())},
+            "evaluated_at": datetime.fromtimestamp(r.evaluated_at, UTC),
+        }, ["model", "window_index"])
+        for res in r.results:
+            _upsert(session, ResultRow, {
+                "model": r.model, "window_index": r.window_index, "detector": res.detector,
+                "statistic": _finite_or_none(res.statistic),
+                "p_value": _finite_or_none(res.p_value), "threshold": res.threshold,
+                "drifted": res.drifted, "insufficient_data": res.insufficient_data,
+                "correction": res.correction, "n_reference": res.n_reference,
+                "n_current": res.n_current,
+                "features": [{
+                    "feature": f.feature, "statistic": _finite_or_none(f.statistic),
+                    "p_value": _finite_or_none(f.p_value),
+                    "adjusted_p_value": _finite_or_none(f.adjusted_p_value),
+                    "drifted": f.drifted, "n_current": f.n_current,
+                } for f in res.features],
+            }, ["model", "window_index", "detector"])
+        for (topic, partition), (_lo, hi) in r.offsets.items():
+            _upsert(session, OffsetRow, {"model": r.model, "topic": topic,
+                                         "partition": partition, "max_offset": hi},
+                    ["model", "topic", "partition"])
+
+    # -- restart state -----------------------------------------------------------------
+    def stored_offsets(self) -> dict[tuple[str, str, int], int]:
+        """(model, topic, partition) -> highest offset already stored in a window."""
+        with self._sessions() as s:
+            rows = s.execute(select(OffsetRow)).scalars()
+            return {(r.model, r.topic, r.partition): r.max_offset for r in rows}
+
+    def last_window_index(self) -> dict[str, int]:
+        """model -> highest stored window index."""
+        with self._sessions() as s:
+            rows = s.execute(select(WindowRow.model, func.max(WindowRow.window_index))
+                             .group_by(WindowRow.model))
+            return {m: int(i) for m, i in rows}
+
+    # -- reading (CLI, tests) ----------------------------------------------------------
+    def results(self, model: str | None = None) -> list[dict[str, Any]]:
+        """Every stored result joined with its window, oldest window first."""
+        stmt = (select(ResultRow, WindowRow)
+                .join(WindowRow, (WindowRow.model == ResultRow.model)
+                      & (WindowRow.window_index == ResultRow.window_index))
+                .order_by(ResultRow.model, ResultRow.window_index, ResultRow.detector))
+        if model is not None:
+            stmt = stmt.where(ResultRow.model == model)
+        with self._sessions() as s:
+            return [{
+                "model": res.model, "window_index": res.window_index, "detector": res.detector,
+                "statistic": res.statistic, "p_value": res.p_value, "drifted": res.drifted,
+                "insufficient_data": res.insufficient_data, "n_current": res.n_current,
+                "window_start": win.window_start, "window_end": win.window_end,
+                "n_records": win.n_records, "offsets": win.offsets, "features": res.features,
+            } for res, win in s.execute(stmt)]

@@ -1,0 +1,112 @@
+"""Per-model tumbling windows, count- or event-time-based, that remember their offsets.
+
+Each open window keeps, per (topic, partition), the smallest offset it holds: the pipeline
+may commit a partition only below the earliest record still sitting in an open window, so
+a restart replays exactly the records whose windows were not yet stored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from monitor.errors import RecordError
+from monitor.schema import InferenceRecord
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass
+class OpenWindow:
+    index: int
+    start: float
+    end: float
+    records: list[InferenceRecord] = field(default_factory=list)
+    offsets: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
+
+    def add(self, record: InferenceRecord, tp: TopicPartition, offset: int) -> None:
+        self.records.append(record)
+        lo, hi = self.offsets.get(tp, (offset, offset))
+        self.offsets[tp] = (min(lo, offset), max(hi, offset))
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    model: str
+    index: int
+    start: float  # Unix seconds: the window's bounds (time) or its first record's (count)
+    end: float
+    records: tuple[InferenceRecord, ...]
+    offsets: dict[TopicPartition, tuple[int, int]]  # (min, max) offset per topic-partition
+
+
+def _close(model: str, w: OpenWindow) -> ClosedWindow:
+    return ClosedWindow(model, w.index, w.start, w.end, tuple(w.records), dict(w.offsets))
+
+
+class CountWindows:
+    """Tumbling windows of ``size`` records; indices continue from ``next_index``."""
+
+    def __init__(self, model: str, size: int, next_index: int = 0) -> None:
+        if size < 2:
+            raise ValueError(f"size must be at least 2, got {size}")
+        self.model = model
+        self.size = size
+        self._open = OpenWindow(next_index, math.inf, -math.inf)
+
+    def add(self, record: InferenceRecord, tp: TopicPartition, offset: int) -> list[ClosedWindow]:
+        w = self._open
+        w.add(record, tp, offset)
+        w.start = min(w.start, record.timestamp)
+        w.end = max(w.end, record.timestamp)
+        if len(w.records) < self.size:
+            return []
+        self._open = OpenWindow(w.index + 1, math.inf, -math.inf)
+        return [_close(self.model, w)]
+
+    def open_windows(self) -> Iterator[OpenWindow]:
+        if self._open.records:
+            yield self._open
+
+
+class TimeWindows:
+    """Event-time tumbling windows of ``seconds``, aligned to the Unix epoch.
+
+    A window closes once a record arrives whose timestamp is past the window's end plus
+    ``allowed_lateness``; a record for an already closed window is rejected as ``late``
+    (it goes to the dead-letter topic rather than vanishing).
+    """
+
+    def __init__(self, model: str, seconds: float, allowed_lateness: float = 0.0,
+                 last_closed_index: int | None = None) -> None:
+        if seconds <= 0:
+            raise ValueError(f"seconds must be positive, got {seconds}")
+        self.model = model
+        self.seconds = seconds
+        self.lateness = allowed_lateness
+        self._open: dict[int, OpenWindow] = {}
+        self._last_closed = -math.inf if last_closed_index is None else last_closed_index
+        self._watermark = -math.inf
+
+    def add(self, record: InferenceRecord, tp: TopicPartition, offset: int) -> list[ClosedWindow]:
+        index = math.floor(record.timestamp / self.seconds)
+        if index <= self._last_closed:
+            raise RecordError(
+                "late", f"timestamp {record.timestamp} falls in window {index} of model "
+                f"'{self.model}', already closed")
+        w = self._open.get(index)
+        if w is None:
+            w = self._open[index] = OpenWindow(index, index * self.seconds,
+                                               (index + 1) * self.seconds)
+        w.add(record, tp, offset)
+        self._watermark = max(self._watermark, record.timestamp - self.lateness)
+        due = sorted(i for i, ow in self._open.items() if ow.end <= self._watermark)
+        closed = []
+        for i in due:
+            closed.append(_close(self.model, self._open.pop(i)))
+            self._last_closed = max(self._last_closed, i)
+        return closed
+
+    def open_windows(self) -> Iterator[OpenWindow]:
+        yield from self._open.values()
