@@ -51,7 +51,9 @@ def reference_columns(
 ) -> dict[str, np.ndarray]:
     """Validate the reference mapping; return its columns in order (not copied)."""
     if not isinstance(reference, Mapping):
-        raise TypeError(f"reference must be a mapping of feature -> array, got {type(reference).__name__}")
+        raise TypeError(
+            f"reference must be a mapping of feature -> array, got {type(reference).__name__}"
+        )
     if not reference:
         raise ValueError("reference must contain at least one feature")
     columns = {}
@@ -61,7 +63,8 @@ def reference_columns(
         array = column(feature, values, kinds, "reference")
         if array.size < min_samples:
             raise InsufficientDataError(
-                f"reference feature {feature!r} has {array.size} values, min_samples is {min_samples}"
+                f"reference feature {feature!r} has {array.size} values; "
+                f"min_samples is {min_samples}"
             )
         columns[feature] = array
     return columns
@@ -72,7 +75,9 @@ def current_columns(
 ) -> dict[str, np.ndarray]:
     """Validate the current window; return the reference features' columns (not copied)."""
     if not isinstance(current, Mapping):
-        raise TypeError(f"current must be a mapping of feature -> array, got {type(current).__name__}")
+        raise TypeError(
+            f"current must be a mapping of feature -> array, got {type(current).__name__}"
+        )
     columns = {}
     for feature in features:
         if feature not in current:

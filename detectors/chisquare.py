@@ -8,7 +8,14 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 from scipy.special import chdtrc
 
-from ._common import CATEGORICAL_KINDS, assemble, check_options, current_columns, insufficient, reference_columns
+from ._common import (
+    CATEGORICAL_KINDS,
+    assemble,
+    check_options,
+    current_columns,
+    insufficient,
+    reference_columns,
+)
 from .results import DriftResult
 
 __all__ = ["ChiSquareDetector"]
@@ -63,7 +70,9 @@ class ChiSquareDetector:
         correction: str = "bonferroni",
         min_samples: int = 1,
     ) -> None:
-        self.alpha, self.correction, self.min_samples = check_options(alpha, correction, min_samples)
+        self.alpha, self.correction, self.min_samples = check_options(
+            alpha, correction, min_samples
+        )
         columns = reference_columns(reference, CATEGORICAL_KINDS, self.min_samples)
         self.features: tuple[str, ...] = tuple(columns)
         self._counts = {feature: _count(feature, values) for feature, values in columns.items()}
@@ -93,10 +102,21 @@ class ChiSquareDetector:
         statistics = np.zeros(len(self.features))
         dof = np.zeros(len(self.features))
         for i, feature in enumerate(self.features):
-            statistics[i], dof[i] = _pearson(self._counts[feature], _count(feature, columns[feature]))
+            statistics[i], dof[i] = _pearson(
+                self._counts[feature], _count(feature, columns[feature])
+            )
         # One vectorised call for all features; dof 0 (a single category) gives p = 1.
         p_values = np.where(dof > 0, chdtrc(np.maximum(dof, 1), statistics), 1.0)
-        return assemble(self.name, self.features, statistics, p_values, n_ref, n_cur, self.alpha, self.correction)
+        return assemble(
+            self.name,
+            self.features,
+            statistics,
+            p_values,
+            n_ref,
+            n_cur,
+            self.alpha,
+            self.correction,
+        )
 
 
 def _count(feature: str, values: np.ndarray) -> dict[Hashable, int]:
@@ -124,5 +144,7 @@ def _pearson(reference: dict[Hashable, int], current: dict[Hashable, int]) -> tu
         [[reference.get(c, 0) for c in categories], [current.get(c, 0) for c in categories]],
         dtype=np.float64,
     )
-    expected = observed.sum(axis=1, keepdims=True) * observed.sum(axis=0, keepdims=True) / observed.sum()
+    expected = (
+        observed.sum(axis=1, keepdims=True) * observed.sum(axis=0, keepdims=True) / observed.sum()
+    )
     return float((((observed - expected) ** 2) / expected).ravel().sum()), len(categories) - 1

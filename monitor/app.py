@@ -87,7 +87,6 @@ def build_daemon(
                                   last_closed_index=prev)
         models[m.name] = ModelState(evaluator, windows)
         schemas[m.name] = ModelSchema(kinds)
-    metrics.prime((name, s.evaluator.detector_names) for name, s in models.items())
 
     if source is None or dead_letter is None:
         from monitor.kafka_io import KafkaDeadLetter, KafkaSource
@@ -96,6 +95,8 @@ def build_daemon(
         dead_letter = dead_letter or KafkaDeadLetter(settings.source.kafka)
 
     sinks: list[Sink] = [store, PrometheusSink(metrics)]  # durable first, then visible
+    metrics.prime(((name, s.evaluator.detector_names) for name, s in models.items()),
+                  sinks=[*(s.name for s in sinks), "dead_letter"])
     pipeline = Pipeline(
         source=source, decoder=Decoder(schemas, settings.limits.max_record_bytes),
         models=models, sinks=sinks, dead_letter=dead_letter, metrics=metrics,

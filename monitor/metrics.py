@@ -112,8 +112,11 @@ class Metrics:
             ["sink"], registry=r,
         )
 
-    def prime(self, models: Iterable[tuple[str, Iterable[str]]]) -> None:
+    def prime(self, models: Iterable[tuple[str, Iterable[str]]],
+              sinks: Iterable[str] = ()) -> None:
         """Create every labelled series up front so dashboards show zeros, not gaps."""
+        for sink in sinks:
+            self.sink_errors.labels(sink=sink)
         for reason in REJECT_REASONS:
             self.records_rejected.labels(reason=reason)
         for stage in STAGES:

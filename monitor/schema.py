@@ -61,20 +61,17 @@ def _reject_constant(name: str) -> float:
     raise RecordError("non_finite", f"non-finite literal {name} in JSON")
 
 
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of a parsed JSON value, stopping early past ``limit``."""
+def _too_deep(value: Any, limit: int) -> bool:
+    """True if a parsed JSON value nests containers deeper than ``limit``."""
     stack: list[tuple[Any, int]] = [(value, 1)]
-    deepest = 0
-    while stack:
+    while stack:  # only containers are pushed, so a flat record costs a few checks
         item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return deepest
+        if depth > limit:
+            return True
+        for child in (item.values() if isinstance(item, dict) else item):
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
 
 
 def parse_json_object(value: bytes | None, max_bytes: int) -> dict[str, Any]:
@@ -97,7 +94,7 @@ def parse_json_object(value: bytes | None, max_bytes: int) -> dict[str, Any]:
         raise RecordError("malformed_json", str(exc)) from None
     if not isinstance(doc, dict):
         raise RecordError("schema", f"top level must be a JSON object, got {type(doc).__name__}")
-    if _depth(doc, MAX_DEPTH) > MAX_DEPTH:
+    if _too_deep(doc, MAX_DEPTH):
         raise RecordError("schema", f"JSON nested deeper than {MAX_DEPTH} levels")
     return doc
 

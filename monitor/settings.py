@@ -221,7 +221,12 @@ def parse_settings(doc: Any, *, source: str = "<settings>", base_dir: Path | Non
     try:
         settings = Settings.model_validate(doc)
     except ValidationError as exc:
-        lines = [f"  {_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        errors = exc.errors()
+        # pydantic also reports a list as "too short" when one of its items failed; the
+        # item's own error is the useful one.
+        failed = {e["loc"][:1] for e in errors if len(e["loc"]) > 1}
+        lines = [f"  {_loc(e['loc'])}: {e['msg']}" for e in errors
+                 if not (e["type"] == "too_short" and tuple(e["loc"]) in failed)]
         raise ConfigError(f"{source}: invalid settings\n" + "\n".join(lines)) from None
     return _resolve_paths(settings, base_dir or Path.cwd())
 

@@ -19,7 +19,8 @@
 #   KAFKA_STOP_TIMEOUT   seconds to wait after SIGTERM before SIGKILL (default: 30)
 set -euo pipefail
 
-KAFKA_VERSION="${KAFKA_VERSION:-4.1.2}"   # newest 4.1.x on Maven Central (checked 2025)
+# Newest 4.1.x on Maven Central (mvn resolves the range [4.1.0,4.2.0) to it).
+KAFKA_VERSION="${KAFKA_VERSION:-4.1.2}"
 # Kafka 4.1 logs through the SLF4J 1.7 API (slf4j-api 1.7.36 is its declared dependency):
 # slf4j-simple of that line is the smallest backend and is configured by system properties.
 SLF4J_VERSION="1.7.36"
@@ -37,22 +38,16 @@ need() {  # need CMD WHAT-TO-INSTALL
     die "'$1' not found on PATH; install $2 (Debian/Ubuntu: run scripts/install-test-deps.sh as root)"
 }
 
+java_major() {  # major version of `java` on PATH ("1.8.0" -> 8, "17.0.15" -> 17)
+  java -version 2>&1 | sed -n 's/.*version "\(1\.\)\{0,1\}\([0-9]*\).*/\2/p' | head -n1
+}
+
 usage() {
   sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
-fetch() {
-  need java "a Java 17+ runtime (apt-get install default-jre-headless)"
-  need mvn "Maven (apt-get install maven)"
-  if [[ -f "$MARKER" ]]; then echo "$LIBS"; return; fi
-  mkdir -p "$KAFKA_HOME"
-  # Serialise concurrent fetches (e.g. parallel test workers) on the same cache.
-  if command -v flock >/dev/null 2>&1; then
-    exec 9>"$KAFKA_HOME/.lock"
-    flock 9
-    if [[ -f "$MARKER" ]]; then echo "$LIBS"; return; fi
-  fi
+resolve() {  # download the jars into $LIBS, then write $MARKER
   local tmp
   tmp="$(mktemp -d "$KAFKA_HOME/.fetch.XXXXXX")"
   cat >"$tmp/pom.xml" <<EOF
@@ -97,6 +92,20 @@ EOF
   mv "$tmp/libs" "$LIBS"
   rm -rf "$tmp"
   date -u +%FT%TZ >"$MARKER"
+}
+
+fetch() {
+  need java "a Java 17+ runtime (apt-get install default-jre-headless)"
+  need mvn "Maven (apt-get install maven)"
+  if [[ ! -f "$MARKER" ]]; then
+    mkdir -p "$KAFKA_HOME"
+    # Serialise concurrent fetches (e.g. parallel test workers) on the same cache. The
+    # subshell confines the lock's fd, so a broker started afterwards does not inherit it.
+    (
+      if command -v flock >/dev/null 2>&1; then flock 9; fi
+      [[ -f "$MARKER" ]] || resolve
+    ) 9>"$KAFKA_HOME/.lock"
+  fi
   echo "$LIBS"
 }
 
@@ -141,7 +150,10 @@ start() {
   parse_opts "$@"
   [[ -n "$PORT" ]] || die "--port is required"
   need java "a Java 17+ runtime (apt-get install default-jre-headless)"
-  fetch >/dev/null
+  local jv
+  jv="$(java_major)"
+  (( ${jv:-0} >= 17 )) || die "Kafka $KAFKA_VERSION needs Java 17+, but 'java' is version ${jv:-unknown}"
+  LIBS="$(fetch)"
   mkdir -p "$DIR"
   DIR="$(cd "$DIR" && pwd)"
   if pid_alive; then die "broker already running in $DIR (pid $(cat "$DIR/kafka.pid")); stop it first"; fi
@@ -193,11 +205,11 @@ EOF
     fi
   fi
 
-  # setsid: own session/process group, so the broker survives this script and can be
-  # signalled as a group.
   # kafka.log is appended to across restarts: only look at what this start writes.
   local log_offset=0
   [[ -f "$DIR/kafka.log" ]] && log_offset="$(wc -c <"$DIR/kafka.log")"
+  # setsid: own session/process group, so the broker survives this script and can be
+  # signalled as a group.
   setsid "${JAVA_CMD[@]}" kafka.Kafka "$DIR/server.properties" >>"$DIR/kafka.log" 2>&1 </dev/null &
   echo $! >"$DIR/kafka.pid"
 
@@ -236,7 +248,8 @@ stop_broker() {
 
 stop() {
   parse_opts "$@"
-  DIR="$(cd "$DIR" 2>/dev/null && pwd)" || die "no such directory: $DIR"
+  [[ -d "$DIR" ]] || die "no such directory: $DIR"
+  DIR="$(cd "$DIR" && pwd)"
   stop_broker
 }
 

@@ -84,7 +84,9 @@ def test_postgres_round_trip(postgres_url: str) -> None:
     try:
         with engine.begin() as conn:
             conn.execute(sa.text("CREATE TABLE drift (id serial PRIMARY KEY, score float8)"))
-            conn.execute(sa.text("INSERT INTO drift (score) VALUES (:s)"), [{"s": 0.25}, {"s": 0.5}])
+            conn.execute(
+                sa.text("INSERT INTO drift (score) VALUES (:s)"), [{"s": 0.25}, {"s": 0.5}]
+            )
         with engine.connect() as conn:
             total = conn.execute(sa.text("SELECT sum(score) FROM drift")).scalar_one()
     finally:

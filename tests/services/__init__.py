@@ -41,7 +41,7 @@ def _run_cleanups() -> None:
     for fn in list(_cleanups.values()):
         try:
             fn()
-        except Exception:  # noqa: BLE001 - best effort at exit; keep cleaning the rest
+        except Exception:  # best effort at exit: keep cleaning the rest
             pass
     _cleanups.clear()
 

@@ -90,7 +90,9 @@ class KafkaBroker:
             deadline = time.monotonic() + timeout
             while not self._has_leaders(admin, name, partitions):
                 if time.monotonic() >= deadline:
-                    raise RuntimeError(f"topic {name!r}: partitions without a leader after {timeout}s")
+                    raise RuntimeError(
+                        f"topic {name!r}: partitions without a leader after {timeout}s"
+                    )
                 time.sleep(0.1)
 
     @staticmethod

@@ -92,7 +92,9 @@ class PostgresServer:
             check=False,
         )
         if proc.returncode != 0:
-            raise RuntimeError(f"initdb failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+            raise RuntimeError(
+                f"initdb failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+            )
 
     def start(self, timeout: float = 60.0) -> None:
         """initdb on first start, then run the server and wait until it accepts queries."""

@@ -16,6 +16,9 @@ from .ports import free_port
 class PrometheusServer:
     """`/usr/bin/prometheus` on 127.0.0.1:<free port> with job `driftline` scraping `targets`.
 
+    Prometheus' service discovery reports targets and Alertmanagers only about 5s after
+    start, so expect the first scrape (and the first alert delivery) that late.
+
     targets are "host:port" strings; rule_files are paths to rule YAML files; alertmanager_url
     ("http://127.0.0.1:PORT") makes Prometheus send firing alerts there.
     """
@@ -77,6 +80,9 @@ class PrometheusServer:
             f"--storage.tsdb.path={self.workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--web.enable-lifecycle",
+            # Alerts that fired before Alertmanager was discovered (service discovery only
+            # reports after ~5s) are otherwise only re-sent after the default 1m.
+            f"--rules.alert.resend-delay={self.scrape_interval}",
             "--log.level=warn",
         ]
         self._proc = ManagedProcess(argv, self.log_path, cwd=self.workdir)

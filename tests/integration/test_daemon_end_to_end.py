@@ -1,0 +1,227 @@
+"""The whole path on real services: Kafka -> `driftline run` -> PostgreSQL + Prometheus.
+
+One daemon process (the real CLI) consumes a 3-partition topic holding a synthetic stream
+with drift injected at record 12,000 plus hostile records on every partition. The tests then
+read what it stored in PostgreSQL, what a real Prometheus scraped from it, what it wrote to
+the dead-letter topic, and what it committed after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from services.ports import free_port
+from services.prometheus import PrometheusServer
+
+from monitor.kafka_io import produce
+from monitor.storage import SqlStore
+from monitor.synthetic import SyntheticStream
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+WINDOW = 2_000
+RECORDS = 20_000
+DRIFT_AT = 12_000
+BAD = [
+    b"{truncated",
+    b"\xff\xfe\xfa",
+    b'{"model": "no-such-model", "request_id": "x", "timestamp": 1, "features": {}, '
+    b'"prediction": 0}',
+    b'{"model": "credit-risk", "request_id": "n", "timestamp": 1, "features": '
+    b'{"income": NaN}, "prediction": 0}',
+    b'{"model": "credit-risk", "request_id": "w", "timestamp": 1, "features": '
+    b'{"income": "high"}, "prediction": 0}',
+    b"[1, 2, 3]",
+]
+EXPECTED_REASONS = ["malformed_json", "invalid_encoding", "unknown_model", "non_finite",
+                    "schema", "schema"]
+
+
+@dataclass
+class Stack:
+    topic: str
+    dead_letter_topic: str
+    group: str
+    bootstrap: str
+    db_url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    prometheus: PrometheusServer
+    metrics_port: int
+    bad_coordinates: list[tuple[int, int]]  # (partition, offset) of each BAD record
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def _load_dashboards() -> Any:
+    spec = importlib.util.spec_from_file_location("dashboards_build",
+                                                  ROOT / "dashboards" / "build.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _wait(predicate: Any, timeout: float, what: str, stack: Stack) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if stack.proc.poll() is not None:
+            pytest.fail(f"daemon exited ({stack.proc.returncode}) while waiting for {what}:\n"
+                        f"{stack.log_tail()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}:\n{stack.log_tail()}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_broker, postgres_server, tmp_path_factory) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("e2e")
+    suffix = uuid.uuid4().hex[:8]
+    topic, dlq, group = f"e2e-logs-{suffix}", f"e2e-dead-{suffix}", f"e2e-group-{suffix}"
+    kafka_broker.create_topic(topic, 3)
+    kafka_broker.create_topic(dlq, 1)
+    db_url = postgres_server.create_database(f"e2e_{suffix}")
+
+    stream = SyntheticStream(seed=5, drift_at=DRIFT_AT, magnitude=1.0)
+    ref = stream.write_reference_csv(tmp / "reference.csv", 5_000)
+    port = free_port()
+    config = tmp / "driftline.yml"
+    config.write_text(yaml.safe_dump({
+        "source": {"kafka": {"bootstrap_servers": kafka_broker.bootstrap, "topics": [topic],
+                             "group_id": group, "dead_letter_topic": dlq,
+                             "poll_timeout_ms": 200}},
+        "metrics": {"address": "127.0.0.1", "port": port},
+        "storage": {"url": db_url},
+        "models": [{**stream.settings_doc(ref, WINDOW), "alpha": 0.001}],
+    }))
+
+    # Good records keyed by model (one partition holds the model's whole stream, in order);
+    # hostile records on every partition, their coordinates noted.
+    produce(kafka_broker.bootstrap, topic,
+            ((b"credit-risk", v) for v in stream.encoded(RECORDS)))
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    coords = []
+    for i, value in enumerate(BAD):
+        meta = producer.send(topic, value=value, partition=i % 3).get(timeout=30)
+        coords.append((meta.partition, meta.offset))
+    producer.close()
+
+    log = tmp / "daemon.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor.cli", "run", "--config", str(config)],
+            stdout=fh, stderr=subprocess.STDOUT, cwd=tmp, env={**os.environ})
+    (tmp / "prometheus").mkdir()
+    prometheus = PrometheusServer(tmp / "prometheus", [f"127.0.0.1:{port}"])
+    s = Stack(topic, dlq, group, kafka_broker.bootstrap, db_url, proc, log, prometheus, port,
+              coords)
+    try:
+        prometheus.start()
+        store = SqlStore(db_url)
+        store.create_schema()  # idempotent; the daemon may not have created it yet
+        try:
+            _wait(lambda: len(store.results()) == 2 * RECORDS // WINDOW, 180,
+                  "every window to be stored", s)
+        finally:
+            store.close()
+        yield s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        prometheus.stop()
+
+
+def test_every_window_is_stored_in_postgres_with_drift_where_injected(stack: Stack) -> None:
+    store = SqlStore(stack.db_url)
+    rows = store.results("credit-risk")
+    store.close()
+    assert sorted({(r["window_index"], r["detector"]) for r in rows}) == [
+        (w, d) for w in range(RECORDS // WINDOW) for d in ("chi2", "ks")]
+    assert all(r["n_records"] == WINDOW for r in rows)
+    drifted = sorted({r["window_index"] for r in rows if r["drifted"]})
+    assert drifted == list(range(DRIFT_AT // WINDOW, RECORDS // WINDOW))
+    # each window's offsets are contiguous on the one partition the model's key maps to
+    parts = {key for r in rows for key in r["offsets"]}
+    assert len(parts) == 1
+
+
+def test_bad_records_reach_the_dead_letter_topic_with_reason_and_coordinates(
+        stack: Stack) -> None:
+    consumer = KafkaConsumer(stack.dead_letter_topic, bootstrap_servers=stack.bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=5000,
+                             enable_auto_commit=False)
+    got = []
+    for msg in consumer:
+        h = {k: v.decode() for k, v in msg.headers}
+        got.append((int(h["driftline.source.partition"]), int(h["driftline.source.offset"]),
+                    h["driftline.source.topic"], h["driftline.reason"], msg.value))
+    consumer.close()
+    assert len(got) == len(BAD)
+    expected = {(p, o, stack.topic, reason, value)
+                for (p, o), reason, value in zip(stack.bad_coordinates, EXPECTED_REASONS, BAD,
+                                                 strict=True)}
+    assert set(got) == expected
+
+
+def test_prometheus_scrapes_the_drift_metrics(stack: Stack) -> None:
+    prom = stack.prometheus
+    prom.wait_for('driftline_records_consumed_total{model="credit-risk"}',
+                  lambda r: bool(r) and float(r[0]["value"][1]) == RECORDS, timeout=30)
+    for detector in ("ks", "chi2"):
+        res = prom.wait_for(
+            f'driftline_drift_detected{{model="credit-risk",detector="{detector}"}}',
+            timeout=30)
+        assert float(res[0]["value"][1]) == 1.0
+    res = prom.wait_for("sum(driftline_records_rejected_total)",
+                        lambda r: bool(r) and float(r[0]["value"][1]) == len(BAD), timeout=30)
+    res = prom.query('driftline_windows_evaluated_total{model="credit-risk"}')
+    assert float(res[0]["value"][1]) == RECORDS // WINDOW
+    res = prom.query('driftline_drift_windows_total{model="credit-risk",detector="ks"}')
+    assert float(res[0]["value"][1]) == (RECORDS - DRIFT_AT) // WINDOW
+
+
+def test_every_dashboard_panel_query_returns_data_and_every_rule_evaluates(
+        stack: Stack) -> None:
+    build = _load_dashboards()
+    prom = stack.prometheus
+    # rate() needs two scrapes in its range: wait until the histogram has that much history
+    prom.wait_for("rate(driftline_stage_duration_seconds_count[1m]) > 0", timeout=30)
+    empty = []
+    for where, query in build.all_queries():
+        result = prom.query(query)  # raises on a parse or evaluation error
+        if not where.startswith("rule") and not result:
+            empty.append((where, query))
+    assert not empty, f"panel queries without data: {json.dumps(empty, indent=1)}"
+
+
+def test_sigterm_flushes_commits_and_exits_cleanly(stack: Stack) -> None:
+    stack.proc.send_signal(signal.SIGTERM)
+    assert stack.proc.wait(timeout=60) == 0, stack.log_tail()
+    assert "stopped cleanly" in stack.log_tail()
+    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    committed = admin.list_group_offsets(stack.group)[stack.group]
+    admin.close()
+    consumer = KafkaConsumer(bootstrap_servers=stack.bootstrap)
+    ends = consumer.end_offsets(list(committed))
+    consumer.close()
+    # every window closed (20,000 = 10 x 2,000), so everything read is committed
+    assert {tp.partition: om.offset for tp, om in committed.items()} == \
+        {tp.partition: end for tp, end in ends.items()}
+    assert len(committed) == 3
