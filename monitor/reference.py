@@ -35,8 +35,12 @@ def _format(path: Path, fmt: str) -> str:
 
 def _rows(path: Path, fmt: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
     if fmt == "csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            for i, row in enumerate(csv.DictReader(fh), start=2):  # line 1 is the header
+        # utf-8-sig: spreadsheet exports start with a BOM that would otherwise end up in the
+        # first column's name.
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            for i, row in enumerate(reader, start=2):  # line 1 is the header
                 yield i, row
     elif fmt == "jsonl":
         with path.open(encoding="utf-8") as fh:
@@ -53,11 +57,15 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
                 yield i, feats if isinstance(feats, dict) else doc
     else:  # parquet
         try:
+            import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
             raise ReferenceDataError(
                 f"{path}: Parquet needs pyarrow: pip install 'driftline[parquet]'") from None
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except pa.ArrowException as exc:  # ArrowInvalid is a ValueError, not an OSError
+            raise ReferenceDataError(f"{path}: not a readable Parquet file: {exc}") from None
         for i, row in enumerate(table.to_pylist(), start=1):
             yield i, row
 

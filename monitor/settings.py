@@ -106,7 +106,6 @@ class ModelSettings(_Strict):
 class KafkaSettings(_Strict):
     bootstrap_servers: str = "localhost:9092"
     topics: tuple[str, ...] = ("inference-logs",)
-    labels_topic: str | None = None
     group_id: str = "driftline"
     dead_letter_topic: str = "driftline-dead-letter"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"

@@ -87,7 +87,7 @@ EOF
     rm -rf "$tmp"
     die "mvn could not resolve kafka_2.13:$KAFKA_VERSION (network to Maven Central? KAFKA_VERSION valid?)"
   fi
-  ls "$tmp/libs"/kafka_2.13-*.jar >/dev/null 2>&1 || die "kafka_2.13 jar missing after resolve"
+  ls "$tmp/libs"/kafka_2.13-*.jar >/dev/null 2>&1 || { rm -rf "$tmp"; die "no kafka_2.13 jar resolved"; }
   rm -rf "$LIBS"
   mv "$tmp/libs" "$LIBS"
   rm -rf "$tmp"
@@ -95,9 +95,9 @@ EOF
 }
 
 fetch() {
-  need java "a Java 17+ runtime (apt-get install default-jre-headless)"
-  need mvn "Maven (apt-get install maven)"
   if [[ ! -f "$MARKER" ]]; then
+    need java "a Java 17+ runtime (apt-get install default-jre-headless)"
+    need mvn "Maven (apt-get install maven)"
     mkdir -p "$KAFKA_HOME"
     # Serialise concurrent fetches (e.g. parallel test workers) on the same cache. The
     # subshell confines the lock's fd, so a broker started afterwards does not inherit it.
