@@ -150,3 +150,110 @@ def insufficient(
         features=per_feature,
         insufficient_data=True,
     )
+
+
+# --- Shared by the distance detectors and the sorted-sample tests (added with them) ---------
+
+#: dtype kinds a column of either type may have (numeric or categorical).
+ANY_KINDS = "biufUSO"
+
+
+def check_threshold(threshold: float) -> float:
+    """Validate a distance detector's ``threshold``: a finite float >= 0."""
+    if isinstance(threshold, bool) or not isinstance(
+        threshold, (int, float, np.floating, np.integer)
+    ):
+        raise TypeError(f"threshold must be a float >= 0, got {type(threshold).__name__}")
+    if not 0.0 <= float(threshold) < math.inf:  # also rejects NaN
+        raise ValueError(f"threshold must be finite and >= 0, got {threshold!r}")
+    return float(threshold)
+
+
+def check_min_samples(min_samples: int, lowest: int = 1) -> int:
+    """Validate ``min_samples``: an int >= ``lowest``."""
+    if isinstance(min_samples, bool) or not isinstance(min_samples, (int, np.integer)):
+        raise TypeError(
+            f"min_samples must be an int >= {lowest}, got {type(min_samples).__name__}"
+        )
+    if min_samples < lowest:
+        raise ValueError(f"min_samples must be >= {lowest}, got {min_samples!r}")
+    return int(min_samples)
+
+
+def typed_current_columns(
+    current: Mapping[str, np.ndarray], kinds: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """Like :func:`current_columns`, with the accepted dtype kinds given per feature."""
+    if not isinstance(current, Mapping):
+        raise TypeError(
+            f"current must be a mapping of feature -> array, got {type(current).__name__}"
+        )
+    columns = {}
+    for feature, feature_kinds in kinds.items():
+        if feature not in current:
+            raise KeyError(f"current window is missing feature {feature!r}")
+        columns[feature] = column(feature, current[feature], feature_kinds, "current")
+    return columns
+
+
+def assemble_distances(
+    detector: str,
+    features: Sequence[str],
+    statistics: np.ndarray,
+    n_reference: Sequence[int],
+    n_current: Sequence[int],
+    threshold: float,
+) -> DriftResult:
+    """Build the result of a distance detector: no p-values, ``drifted = statistic > threshold``."""
+    per_feature = tuple(
+        FeatureResult(
+            feature=name,
+            statistic=float(stat),
+            p_value=None,
+            adjusted_p_value=None,
+            drifted=bool(stat > threshold),
+            n_reference=int(n_ref),
+            n_current=int(n_cur),
+        )
+        for name, stat, n_ref, n_cur in zip(
+            features, statistics, n_reference, n_current, strict=True
+        )
+    )
+    return DriftResult(
+        detector=detector,
+        statistic=float(np.max(statistics)),
+        p_value=None,
+        threshold=threshold,
+        drifted=any(f.drifted for f in per_feature),
+        n_reference=max(n_reference),
+        n_current=max(n_current),
+        correction="none",
+        features=per_feature,
+    )
+
+
+def merge_sorted(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two sorted float arrays in linear time (plus ``len(second) log len(first)``).
+
+    Returns
+    -------
+    merged : numpy.ndarray
+        All values, sorted (equal values of ``second`` come before those of ``first``).
+    from_second : numpy.ndarray of bool
+        ``True`` where ``merged`` holds a value of ``second``. ``merged[~from_second]``
+        is ``first`` and ``merged[from_second]`` is ``second``, both in order.
+    """
+    positions = np.searchsorted(first, second, side="left") + np.arange(second.size)
+    from_second = np.zeros(first.size + second.size, dtype=bool)
+    from_second[positions] = True
+    merged = np.empty(first.size + second.size, dtype=np.float64)
+    merged[positions] = second
+    merged[~from_second] = first
+    return merged, from_second
+
+
+def tie_runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and (exclusive) end index of each run of equal values of a sorted array."""
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.append(starts[1:], sorted_values.size)
+    return starts, ends

@@ -12,11 +12,12 @@ from typing import Any
 
 from monitor.deadletter import DeadLetter
 from monitor.evaluate import ModelEvaluator, WindowReport
-from monitor.metrics import Metrics, serve
-from monitor.pipeline import ModelState, Pipeline
+from monitor.health import Health, serve
+from monitor.metrics import Metrics
+from monitor.pipeline import ModelState, Pipeline, StoredState, Windows
 from monitor.reference import load_reference
 from monitor.schema import Decoder, ModelSchema
-from monitor.settings import CountWindow, Settings
+from monitor.settings import CountWindow, ModelSettings, Settings
 from monitor.sinks import PrometheusSink, Sink
 from monitor.sources import Source
 from monitor.storage import SqlStore
@@ -41,6 +42,7 @@ class Daemon:
         try:
             self.pipeline.run(self.stop, until_exhausted=until_exhausted)
         finally:
+            self.pipeline.health.stopped = True
             self.close()
 
     def close(self) -> None:
@@ -69,7 +71,9 @@ def build_daemon(
     metrics = metrics or Metrics()
     store = SqlStore(settings.storage.url)
     store.create_schema()
-    last_index = store.last_window_index()
+
+    def restore() -> StoredState:
+        return StoredState(store.stored_offsets(), store.last_window_index())
 
     models: dict[str, ModelState] = {}
     schemas: dict[str, ModelSchema] = {}
@@ -77,15 +81,8 @@ def build_daemon(
         kinds = {f.name: f.type for f in m.features}
         reference = load_reference(m.reference.path, kinds, m.reference.format)
         evaluator = ModelEvaluator(m, reference)
-        prev = last_index.get(m.name)
-        windows: CountWindows | TimeWindows
-        if isinstance(m.window, CountWindow):
-            windows = CountWindows(m.name, m.window.size,
-                                   next_index=0 if prev is None else prev + 1)
-        else:
-            windows = TimeWindows(m.name, m.window.seconds, m.window.allowed_lateness_seconds,
-                                  last_closed_index=prev)
-        models[m.name] = ModelState(evaluator, windows)
+        new_windows = _windows_factory(m)
+        models[m.name] = ModelState(evaluator, new_windows(None), new_windows)
         schemas[m.name] = ModelSchema(kinds)
 
     if source is None or dead_letter is None:
@@ -100,16 +97,31 @@ def build_daemon(
     pipeline = Pipeline(
         source=source, decoder=Decoder(schemas, settings.limits.max_record_bytes),
         models=models, sinks=sinks, dead_letter=dead_letter, metrics=metrics,
-        stored_offsets=store.stored_offsets(), on_report=on_report,
+        restore=restore, on_report=on_report,
         poll_timeout_s=settings.source.kafka.poll_timeout_ms / 1000,
     )
     daemon = Daemon(settings, pipeline, store, metrics)
     if serve_metrics:
-        server, _thread = serve(metrics, settings.metrics.address, settings.metrics.port)
+        server, _thread = serve(metrics, pipeline.health, settings.metrics.address,
+                                settings.metrics.port)
         daemon._server = server
         daemon.metrics_port = server.server_port
-        log.info("serving /metrics on %s:%d", settings.metrics.address, daemon.metrics_port)
+        log.info("serving /metrics, /healthz, /readyz on %s:%d", settings.metrics.address,
+                 daemon.metrics_port)
     return daemon
+
+
+def _windows_factory(m: ModelSettings) -> Callable[[int | None], Windows]:
+    window = m.window
+
+    def make(last_stored: int | None) -> Windows:
+        if isinstance(window, CountWindow):
+            return CountWindows(m.name, window.size,
+                                next_index=0 if last_stored is None else last_stored + 1)
+        return TimeWindows(m.name, window.seconds, window.allowed_lateness_seconds,
+                           last_closed_index=last_stored)
+
+    return make
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

@@ -40,8 +40,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from monitor.evaluate import ModelEvaluator
     from monitor.reference import load_reference
     from monitor.settings import load_settings
+    from monitor.storage import SqlStore
 
     settings = load_settings(args.file)
+    SqlStore(settings.storage.url).close()  # checks the URL and its driver; does not connect
     for m in settings.models:
         kinds = {f.name: f.type for f in m.features}
         ref = load_reference(m.reference.path, kinds, m.reference.format)

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
@@ -18,7 +18,7 @@ from kafka.structs import TopicPartition as KafkaTP
 from monitor.deadletter import dead_letter_headers
 from monitor.errors import RecordError, SinkError, SourceError
 from monitor.settings import KafkaSettings
-from monitor.sources import Message
+from monitor.sources import Message, RebalanceHook
 from monitor.windows import TopicPartition
 
 log = logging.getLogger("driftline.kafka")
@@ -33,6 +33,20 @@ def _client_config(settings: KafkaSettings, extra: Mapping[str, Any]) -> dict[st
             **dict(settings.security), **dict(extra)}
 
 
+class _Listener(ConsumerRebalanceListener):
+    """Forwards kafka-python's rebalance callbacks to the pipeline's hooks."""
+
+    def __init__(self) -> None:
+        self.revoked: RebalanceHook = lambda tps: None
+        self.assigned: RebalanceHook = lambda tps: None
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.revoked(sorted((tp.topic, tp.partition) for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.assigned(sorted((tp.topic, tp.partition) for tp in assigned))
+
+
 class KafkaSource:
     """A consumer-group member with manual commits; values stay raw bytes."""
 
@@ -45,9 +59,11 @@ class KafkaSource:
             "max_poll_records": settings.max_poll_records,
             **dict(settings.consumer),
         })
+        self._listener = _Listener()
+        self._commit_ok = True
         try:
             self._consumer = KafkaConsumer(**config)
-            self._consumer.subscribe(topics=list(settings.topics))
+            self._consumer.subscribe(topics=list(settings.topics), listener=self._listener)
         except KafkaError as exc:
             raise SourceError(
                 f"cannot connect to Kafka at {settings.bootstrap_servers}: {exc}") from exc
@@ -62,15 +78,52 @@ class KafkaSource:
         return out
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self._consumer.commit({KafkaTP(t, p): OffsetAndMetadata(o, "", -1)
-                               for (t, p), o in offsets.items()})
+        try:
+            self._consumer.commit({KafkaTP(t, p): OffsetAndMetadata(o, "", -1)
+                                   for (t, p), o in offsets.items()})
+            self._commit_ok = True
+        except KafkaError as exc:
+            self._commit_ok = False
+            raise SourceError(f"offset commit failed: {exc.__class__.__name__}: {exc}") from exc
 
     @property
     def exhausted(self) -> bool:
         return False
 
+    @property
+    def connected(self) -> bool:
+        # kafka-python has no public "is the cluster reachable" check: poll() just returns
+        # nothing during an outage. Any live broker connection counts (after bootstrap the
+        # client talks to the coordinator and leaders, not the bootstrap address).
+        try:
+            conns = self._consumer._client._manager._conns  # noqa: SLF001
+            return any(bool(getattr(c, "connected", False)) for c in list(conns.values()))
+        except AttributeError:  # internals moved in another kafka-python version
+            return self._commit_ok
+
+    def lag(self) -> dict[TopicPartition, int]:
+        out = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)  # from the last fetch: no request is made
+            if high is None:
+                continue
+            try:
+                position = self._consumer.position(tp, timeout_ms=0)
+            except KafkaError:
+                continue
+            if position is not None:
+                out[(tp.topic, tp.partition)] = max(0, high - position)
+        return out
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._consumer.seek(KafkaTP(*tp), offset)
+
+    def on_rebalance(self, revoked: RebalanceHook, assigned: RebalanceHook) -> None:
+        self._listener.revoked = revoked
+        self._listener.assigned = assigned
+
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        self._consumer.close(autocommit=False, timeout_ms=5000)
 
 
 class KafkaDeadLetter:

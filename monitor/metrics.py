@@ -8,12 +8,10 @@ name in a bad record is never used as a label value.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from monitor import __version__
 
@@ -107,6 +105,25 @@ class Metrics:
             "driftline_last_commit_timestamp_seconds",
             "Wall-clock time of the last successful offset commit (Unix seconds).", registry=r,
         )
+        self.commit_errors = Counter(
+            "driftline_commit_errors_total",
+            "Offset commits that failed (retried with the next batch; nothing is lost).",
+            registry=r,
+        )
+        self.source_connected = Gauge(
+            "driftline_source_connected",
+            "1 while the record source (Kafka) is reachable, 0 during an outage.", registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "driftline_consumer_lag_records",
+            "Records between the consumer's position and the partition's end.",
+            ["topic", "partition"], registry=r,
+        )
+        self.rebalances = Counter(
+            "driftline_rebalances_total",
+            "Partition revocations handled (complete windows flushed and committed first).",
+            registry=r,
+        )
         self.sink_errors = Counter(
             "driftline_sink_errors_total", "Sink flushes that failed (offsets not committed).",
             ["sink"], registry=r,
@@ -126,9 +143,3 @@ class Metrics:
             self.windows_evaluated.labels(model=model)
             for detector in detectors:
                 self.drift_windows.labels(model=model, detector=detector)
-
-
-def serve(metrics: Metrics, address: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``/metrics`` on ``address:port`` in a daemon thread; port 0 picks a free one."""
-    server, thread = start_http_server(port, addr=address, registry=metrics.registry)
-    return server, thread

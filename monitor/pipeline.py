@@ -21,8 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from monitor.deadletter import DeadLetter
-from monitor.errors import RecordError, SinkError
+from monitor.errors import RecordError, SinkError, SourceError
 from monitor.evaluate import ModelEvaluator, WindowReport
+from monitor.health import Health
 from monitor.metrics import Metrics
 from monitor.schema import Decoder
 from monitor.sinks import Sink
@@ -32,10 +33,23 @@ from monitor.windows import ClosedWindow, CountWindows, TimeWindows, TopicPartit
 log = logging.getLogger("driftline.pipeline")
 
 
+Windows = CountWindows | TimeWindows
+
+
 @dataclass
 class ModelState:
     evaluator: ModelEvaluator
-    windows: CountWindows | TimeWindows
+    windows: Windows
+    # Builds fresh windows continuing after the last stored window index (None: none yet).
+    new_windows: Callable[[int | None], Windows]
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """What storage already holds: the replay marks and the last window per model."""
+
+    offsets: Mapping[tuple[str, str, int], int]
+    last_window: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,7 @@ class Pipeline:
         sinks: Sequence[Sink],
         dead_letter: DeadLetter,
         metrics: Metrics,
-        stored_offsets: Mapping[tuple[str, str, int], int] | None = None,
+        restore: Callable[[], StoredState] | None = None,
         on_report: Callable[[WindowReport], None] | None = None,
         poll_timeout_s: float = 0.5,
         retry: RetryPolicy = RetryPolicy(),
@@ -65,7 +79,8 @@ class Pipeline:
         self.sinks = list(sinks)
         self.dead_letter = dead_letter
         self.metrics = metrics
-        self._stored = dict(stored_offsets or {})
+        self._restore = restore
+        self._stored: dict[tuple[str, str, int], int] = {}
         self.on_report = on_report
         self.poll_timeout_s = poll_timeout_s
         self.retry = retry
@@ -76,13 +91,21 @@ class Pipeline:
         self._sink_i = 0  # sinks before this index already hold every pending report
         self.rejected: Counter[str] = Counter()
         self.skipped_replayed = 0
+        self._stop = threading.Event()  # the running loop's stop event
+        self._was_connected = True
+        self.health = Health()
+        source.on_rebalance(self._on_revoked, self._on_assigned)
+        self.restore_state()
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event, *, until_exhausted: bool = False) -> None:
         """Poll and process until ``stop`` is set (or a finite source runs dry)."""
+        self._stop = stop
         while not stop.is_set():
             with self._timed("poll"):
                 batch = self.source.poll(self.poll_timeout_s)
+            self._observe_source()
+            self.health.beat()
             self.process(batch)
             if not self.flush_and_commit(stop):
                 break  # asked to stop while a sink was failing: commit nothing more
@@ -124,23 +147,86 @@ class Pipeline:
                         msg.coordinates, err.reason, n, err.detail)
         self.dead_letter.send(msg, err)
 
+    def _observe_source(self) -> None:
+        connected = self.source.connected
+        self.health.source_connected = connected
+        self.metrics.source_connected.set(1 if connected else 0)
+        if connected != self._was_connected:
+            if connected:
+                log.warning("source reachable again; resuming")
+            else:
+                log.error("source unreachable (Kafka down?): reconnecting with back-off; "
+                          "/metrics stays up and nothing is committed meanwhile")
+            self._was_connected = connected
+        for (topic, partition), lag in self.source.lag().items():
+            self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+    # -- rebalancing ---------------------------------------------------------------------
+    def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Runs inside poll() before partitions move: store and commit what is complete.
+
+        Open windows are dropped (their records are not committed, so whoever owns the
+        partitions next, this process included, reads them again). Partitions this process
+        keeps are rewound to their committed offsets for the same reason.
+        """
+        self.metrics.rebalances.inc()
+        log.info("partitions revoked: %s; flushing complete windows and committing", revoked)
+        self.flush_and_commit(self._stop)
+        gone = set(revoked)
+        for tp in self._next:
+            if tp not in gone:
+                self.source.seek(tp, self._committed.get(tp, self._first[tp]))
+        self._next.clear()
+        self._first.clear()
+        self._committed.clear()
+        self.restore_state()
+
+    def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", assigned)
+        self.restore_state()  # the previous owner may have stored windows meanwhile
+
+    def restore_state(self) -> None:
+        """Reload replay marks and restart every model's windows after the stored ones."""
+        if self._restore is None:
+            return
+        state = self._restore()
+        self._stored = dict(state.offsets)
+        for name, model in self.models.items():
+            model.windows = model.new_windows(state.last_window.get(name))
+
     # -- flush, then commit --------------------------------------------------------------
     def flush_and_commit(self, stop: threading.Event) -> bool:
-        """Deliver pending reports and dead letters, then commit. False if stopped first."""
-        if not self._retrying(self._deliver, stop):
-            return False
+        """Dead letters, then window reports, then the commit. False if stopped first.
+
+        Dead letters go first: once a window is stored, replay skips its records, so a
+        late record in it must already be on the dead-letter topic by then.
+        """
         if not self._retrying(self.dead_letter.flush, stop, sink_name="dead_letter"):
             return False
+        if not self._retrying(self._deliver, stop):
+            return False
+        self.commit()
+        return True
+
+    def commit(self, only: set[TopicPartition] | None = None) -> None:
         offsets = self.committable()
         # Committing the first offset we read would only repeat what the group already has.
         changed = {tp: o for tp, o in offsets.items()
-                   if self._committed.get(tp, self._first.get(tp)) != o}
-        if changed:
+                   if self._committed.get(tp, self._first.get(tp)) != o
+                   and (only is None or tp in only)}
+        if not changed:
+            return
+        try:
             with self._timed("commit"):
                 self.source.commit(changed)
-            self._committed.update(changed)
-            self.metrics.last_commit.set(time.time())
-        return True
+        except SourceError as exc:
+            # Not fatal: the results are stored, and the next batch commits again. A crash
+            # before then replays records that the stored offsets make us skip.
+            self.metrics.commit_errors.inc()
+            log.warning("offset commit failed, retrying with the next batch: %s", exc)
+            return
+        self._committed.update(changed)
+        self.metrics.last_commit.set(time.time())
 
     def _deliver(self) -> None:
         while self._pending and self._sink_i < len(self.sinks):
@@ -166,12 +252,15 @@ class Pipeline:
         while True:
             try:
                 fn()
+                self.health.storage_ok, self.health.storage_error = True, ""
                 return True
             except SinkError as exc:
                 name = sink_name or self.sinks[self._sink_i].name
                 self.metrics.sink_errors.labels(sink=name).inc()
+                self.health.storage_ok, self.health.storage_error = False, f"{name}: {exc}"
                 log.warning("sink %s failed, retrying in %.1fs without committing: %s",
                             name, delay, exc)
+            self.health.beat()  # retrying is progress: the loop is alive, just not ready
             if stop.wait(delay):
                 return False
             delay = min(delay * 2, self.retry.max_s)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,6 +25,9 @@ class Message:
         return f"{self.topic}/{self.partition}/{self.offset}"
 
 
+RebalanceHook = Callable[[list[TopicPartition]], None]
+
+
 class Source(Protocol):
     def poll(self, timeout_s: float) -> list[Message]:
         """Up to one batch of messages; empty when nothing arrived within ``timeout_s``."""
@@ -39,7 +42,25 @@ class Source(Protocol):
         """True for a finite source with nothing left (never for Kafka)."""
         ...
 
+    @property
+    def connected(self) -> bool:
+        """False while the source cannot reach its broker."""
+        ...
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records not yet read, per assigned partition (what is known without a request)."""
+        ...
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` again from ``offset`` (used after dropping open windows)."""
+        ...
+
+    def on_rebalance(self, revoked: RebalanceHook, assigned: RebalanceHook) -> None:
+        """Register callbacks run, inside :meth:`poll`, when partitions move."""
+        ...
+
     def close(self) -> None: ...
+
 
 
 @dataclass
@@ -78,6 +99,19 @@ class MemorySource:
     @property
     def exhausted(self) -> bool:
         return self._done
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    def lag(self) -> dict[TopicPartition, int]:
+        return {}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        raise NotImplementedError("MemorySource is read once, in order")
+
+    def on_rebalance(self, revoked: RebalanceHook, assigned: RebalanceHook) -> None:
+        pass  # one partition, never moved
 
     def close(self) -> None:
         self._done = True

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -26,10 +27,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from monitor.errors import SinkError
+from monitor.errors import ConfigError, SinkError
 from monitor.evaluate import WindowReport
 
 
@@ -41,7 +42,7 @@ class WindowRow(Base):
     __tablename__ = "driftline_windows"
 
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
-    window_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    window_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # time: epoch/secs
     window_start: Mapped[float] = mapped_column(Float)
     window_end: Mapped[float] = mapped_column(Float)
     n_records: Mapped[int] = mapped_column(Integer)
@@ -53,7 +54,7 @@ class ResultRow(Base):
     __tablename__ = "driftline_results"
 
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
-    window_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    window_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # time: epoch/secs
     detector: Mapped[str] = mapped_column(String(100), primary_key=True)
     statistic: Mapped[float | None] = mapped_column(Float, nullable=True)
     p_value: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -72,7 +73,7 @@ class OffsetRow(Base):
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
     topic: Mapped[str] = mapped_column(String(255), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
-    max_offset: Mapped[int] = mapped_column(Integer)
+    max_offset: Mapped[int] = mapped_column(BigInteger)  # Kafka offsets are int64
 
 
 def _finite_or_none(x: float | None) -> float | None:
@@ -116,7 +117,12 @@ class SqlStore:
     name = "sql"
 
     def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
+        try:
+            self.engine = make_engine(url)  # connects lazily: this checks URL and driver only
+        except ArgumentError as exc:  # its message leaves out the URL, which may hold a password
+            raise ConfigError(f"storage.url: not a usable SQLAlchemy URL: {exc}") from None
+        except ImportError as exc:
+            raise ConfigError(f"storage.url: the database driver is not installed: {exc}") from None
         self._sessions = sessionmaker(self.engine)
         self._pending: list[WindowReport] = []
 

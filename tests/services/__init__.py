@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,10 +31,27 @@ _cleanups: dict[int, Callable[[], None]] = {}
 def register_cleanup(key: object, fn: Callable[[], None]) -> None:
     """Run `fn` at interpreter exit unless `unregister_cleanup(key)` is called first."""
     _cleanups[id(key)] = fn
+    _install_signal_handlers()
 
 
 def unregister_cleanup(key: object) -> None:
     _cleanups.pop(id(key), None)
+
+
+def _install_signal_handlers() -> None:
+    """Also clean up when the test run is terminated by SIGTERM/SIGHUP (CI cancel, timeout):
+    Python's default action for those exits without running atexit handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _die_cleanly)
+
+
+def _die_cleanly(signum: int, _frame: object) -> None:
+    _run_cleanups()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)  # terminate the way the signal would have
 
 
 @atexit.register

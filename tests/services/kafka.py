@@ -37,14 +37,17 @@ class KafkaBroker:
         return self.dir / "kafka.log"
 
     def _script(self, *args: str, timeout: float, env: dict[str, str] | None = None) -> None:
-        proc = subprocess.run(
-            [str(KAFKA_SH), *args, "--dir", str(self.dir)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, **(env or {})},
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                [str(KAFKA_SH), *args, "--dir", str(self.dir)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={**os.environ, **(env or {})},
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"kafka.sh {args[0]} took over {timeout:.0f}s") from None
         if proc.returncode != 0:
             # kafka.sh's messages name what is missing (java, mvn) and the install script.
             raise RuntimeError(

@@ -1,0 +1,424 @@
+"""Black Box Shift Estimation (BBSE) of label shift from a classifier's predictions.
+
+Lipton, Wang and Smola, "Detecting and Correcting for Label Shift with Black Box
+Predictors", ICML 2018.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.special import ndtri
+
+from .chisquare import ChiSquareDetector
+from .errors import DetectorError, InsufficientDataError
+
+__all__ = ["BBSE", "LabelShiftEstimate", "SingularConfusionMatrixError"]
+
+_CLASS_KINDS = "biuUSO"  # as ChiSquareDetector: floats are not classes
+
+
+class SingularConfusionMatrixError(DetectorError, ValueError):
+    """The reference confusion matrix cannot be inverted (reliably).
+
+    Raised by :class:`BBSE` when a class is never predicted, or never the true label,
+    on the reference data (the matrix is singular: the message names those classes), or
+    when the matrix's condition number exceeds ``max_condition_number``.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class LabelShiftEstimate:
+    """Estimated label shift of one window (see :class:`BBSE`).
+
+    Per-class fields are tuples aligned with ``classes``.
+
+    Attributes
+    ----------
+    classes : tuple
+        The classes, in the order of every per-class field.
+    weights : tuple of float
+        Importance weights :math:`\\hat w_j = \\hat q(y=j) / \\hat p(y=j)`, negative
+        entries of :math:`\\hat C^{-1} \\hat\\mu` set to 0. ``nan`` when insufficient.
+    raw_weights : tuple of float
+        :math:`\\hat C^{-1} \\hat\\mu` before clipping.
+    clipped : bool
+        ``True`` when some raw weight was negative (and clipped to 0): a sign that the
+        window is small, the classifier weak, or the shift not a pure label shift.
+    standard_errors : tuple of float
+        Delta-method standard errors of the raw weights (window and reference sampling).
+    ci_lower, ci_upper : tuple of float
+        Wald confidence interval ``raw ± z * se`` at level ``confidence``, clipped at 0
+        (true weights are never negative).
+    confidence : float
+        Level of the interval.
+    target_distribution : tuple of float
+        Estimated label distribution of the window, :math:`\\hat q_j = \\hat w_j \\hat p_j`
+        (renormalised to sum to 1, which matters only after clipping).
+    reference_distribution : tuple of float
+        Reference label distribution :math:`\\hat p_j`.
+    condition_number : float
+        2-norm condition number of the reference confusion matrix.
+    statistic : float
+        Pearson's :math:`X^2` of the window's predicted-class counts against the
+        reference's (``nan`` when insufficient).
+    p_value : float or None
+        Its :math:`\\chi^2_{k-1}` p-value: the test of :math:`w = 1` (no label shift).
+        ``None`` when insufficient.
+    threshold : float
+        Significance level ``alpha``.
+    shifted : bool
+        ``p_value < alpha``.
+    n_reference, n_current : int
+        Reference records and window predictions.
+    insufficient_data : bool
+        The window held fewer than ``min_samples`` predictions; nothing was estimated.
+    """
+
+    classes: tuple[Hashable, ...]
+    weights: tuple[float, ...]
+    raw_weights: tuple[float, ...]
+    clipped: bool
+    standard_errors: tuple[float, ...]
+    ci_lower: tuple[float, ...]
+    ci_upper: tuple[float, ...]
+    confidence: float
+    target_distribution: tuple[float, ...]
+    reference_distribution: tuple[float, ...]
+    condition_number: float
+    statistic: float
+    p_value: float | None
+    threshold: float
+    shifted: bool
+    n_reference: int
+    n_current: int
+    insufficient_data: bool = False
+
+
+class BBSE:
+    """Black Box Shift Estimation: label-shift weights from a black-box classifier.
+
+    Parameters
+    ----------
+    reference_y_true, reference_y_pred : numpy.ndarray
+        1-D arrays of equal length: true and predicted classes on held-out reference
+        data (not the model's training data, whose confusion matrix is optimistic).
+        str, bytes, int or bool arrays, or object arrays of hashable values.
+    classes : sequence of hashable, optional
+        The classes, in the order the results use. Default: the sorted distinct values
+        of both reference arrays (first-seen order when they cannot be sorted). Must
+        include every reference value.
+    alpha : float, default 0.05
+        Significance level of the no-shift test, in (0, 1).
+    confidence : float, default 0.95
+        Level of the weights' Wald intervals, in (0, 1).
+    max_condition_number : float, default 1e4
+        Largest acceptable condition number of the confusion matrix. Above it the
+        weights are mostly noise (their error grows with :math:`1/\\sigma_{\\min}(C)`)
+        and construction fails; ``math.inf`` accepts any invertible matrix.
+    min_samples : int, default 1
+        Fewest records the reference may hold (fewer raises
+        :class:`~detectors.errors.InsufficientDataError`); a window with fewer
+        predictions yields ``insufficient_data=True``.
+
+    Raises
+    ------
+    SingularConfusionMatrixError
+        Some class is never predicted, or never the true label, on the reference (the
+        message names them), or the condition number exceeds ``max_condition_number``.
+
+    Notes
+    -----
+    **Label shift** assumes :math:`p(x \\mid y)` is the same in reference and window
+    while the priors move from :math:`p(y)` to :math:`q(y)`; then a fixed classifier
+    :math:`f` has the same confusion behaviour :math:`p(\\hat y \\mid y)` in both, and
+    the window's predicted-class distribution is
+
+    .. math:: \\mu_i = q(\\hat y = i) = \\sum_j p(\\hat y = i, y = j)\\, w_j = (C w)_i,
+              \\qquad w_j = q(y=j) / p(y=j),
+
+    with the joint confusion matrix :math:`C_{ij} = p(\\hat y = i, y = j)`, estimated
+    once from the :math:`n_0` reference records. BBSE solves
+    :math:`\\hat w = \\hat C^{-1} \\hat\\mu` with :math:`\\hat\\mu` the window's
+    predicted-class frequencies (:math:`n_1` predictions), clips negative entries to 0
+    and estimates :math:`\\hat q_j = \\hat w_j \\hat p_j` with
+    :math:`\\hat p_j = \\sum_i \\hat C_{ij}`. No label of the window is needed.
+
+    **Uncertainty.** By the delta method (:math:`dw = C^{-1}(d\\mu - dC\\, w)`), with
+    :math:`\\hat\\mu` multinomial over :math:`n_1` and :math:`\\mathrm{vec}\\,\\hat C`
+    multinomial over :math:`n_0`, independent,
+
+    .. math:: \\operatorname{Cov}(\\hat w) \\approx
+        \\frac{C^{-1} \\operatorname{diag}(\\mu) C^{-\\top} - w w^\\top}{n_1}
+        + \\frac{C^{-1} \\operatorname{diag}\\big(C (w \\circ w)\\big) C^{-\\top}
+                 - w w^\\top}{n_0},
+
+    evaluated at the estimates (raw :math:`\\hat w`). The first term is the window's
+    sampling error, the second the reference confusion matrix's; both are kept, since
+    with equal sizes they are of the same order and the window term alone would give
+    intervals that cover far too rarely. The Wald interval is
+    :math:`\\hat w_j \\pm z_{(1+\\gamma)/2}\\, \\mathrm{se}_j`.
+
+    **Test of no shift.** When :math:`C` is invertible, :math:`w = 1` exactly when
+    :math:`\\mu = C 1`, the reference's own predicted-class distribution. So the test
+    of :math:`H_0: w = 1` is a chi-square test of homogeneity of the window's
+    predicted-class counts against the reference's (Rabanser et al., "Failing Loudly",
+    2019, test :math:`\\hat\\mu` directly, as here): it needs no inverse, so it is not
+    inflated by an ill-conditioned :math:`C`, and it is two-sample, so the reference's
+    own sampling error is accounted for. The p-value equals
+    ``scipy.stats.chi2_contingency(table, correction=False).pvalue`` on the
+    :math:`2 \\times k` table (see :class:`~detectors.chisquare.ChiSquareDetector`).
+    """
+
+    name = "bbse"
+
+    def __init__(
+        self,
+        reference_y_true: np.ndarray,
+        reference_y_pred: np.ndarray,
+        classes: Sequence[Hashable] | None = None,
+        *,
+        alpha: float = 0.05,
+        confidence: float = 0.95,
+        max_condition_number: float = 1e4,
+        min_samples: int = 1,
+    ) -> None:
+        self.alpha = _unit_interval("alpha", alpha)
+        self.confidence = _unit_interval("confidence", confidence)
+        if isinstance(max_condition_number, bool) or not isinstance(
+            max_condition_number, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(
+                "max_condition_number must be a float >= 1, got "
+                f"{type(max_condition_number).__name__}"
+            )
+        if not float(max_condition_number) >= 1.0:  # also rejects NaN
+            raise ValueError(f"max_condition_number must be >= 1, got {max_condition_number!r}")
+        self.max_condition_number = float(max_condition_number)
+        if isinstance(min_samples, bool) or not isinstance(min_samples, (int, np.integer)):
+            raise TypeError(f"min_samples must be an int >= 1, got {type(min_samples).__name__}")
+        if min_samples < 1:
+            raise ValueError(f"min_samples must be >= 1, got {min_samples!r}")
+        self.min_samples = int(min_samples)
+
+        y_true = _classes_array("reference_y_true", reference_y_true)
+        y_pred = _classes_array("reference_y_pred", reference_y_pred)
+        if y_true.size != y_pred.size:
+            raise ValueError(
+                "reference_y_true and reference_y_pred must have the same length, got "
+                f"{y_true.size} and {y_pred.size}"
+            )
+        if y_true.size < self.min_samples:
+            raise InsufficientDataError(
+                f"reference has {y_true.size} records; min_samples is {self.min_samples}"
+            )
+        self.classes: tuple[Hashable, ...] = _resolve_classes(classes, y_true, y_pred)
+        self._index = {c: i for i, c in enumerate(self.classes)}
+        k = len(self.classes)
+        true_codes = _codes("reference_y_true", y_true, self._index)
+        pred_codes = _codes("reference_y_pred", y_pred, self._index)
+        self.n_reference = int(y_true.size)
+
+        counts = np.bincount(pred_codes * k + true_codes, minlength=k * k).reshape(k, k)
+        confusion = counts / self.n_reference
+        never_predicted = [c for c, row in zip(self.classes, counts, strict=True) if not row.any()]
+        never_true = [c for c, col in zip(self.classes, counts.T, strict=True) if not col.any()]
+        if never_predicted or never_true:
+            parts = []
+            if never_predicted:
+                parts.append(f"never predicted on the reference: {never_predicted!r}")
+            if never_true:
+                parts.append(f"never the true label on the reference: {never_true!r}")
+            raise SingularConfusionMatrixError(
+                "the reference confusion matrix is singular; classes " + "; ".join(parts)
+            )
+        condition = float(np.linalg.cond(confusion))
+        if not condition <= self.max_condition_number:  # inf / nan: numerically singular
+            raise SingularConfusionMatrixError(
+                f"the reference confusion matrix is ill-conditioned: condition number "
+                f"{condition:.4g} exceeds max_condition_number={self.max_condition_number:.4g}"
+            )
+        self.condition_number = condition
+        confusion.setflags(write=False)
+        #: :math:`\\hat C_{ij} = \\hat p(\\hat y = i, y = j)` (rows: predicted class).
+        self.confusion_matrix: np.ndarray = confusion
+        self._inverse = np.linalg.inv(confusion)
+        reference_labels = confusion.sum(axis=0)
+        reference_labels.setflags(write=False)
+        #: :math:`\\hat p(y = j)` on the reference.
+        self.reference_distribution: np.ndarray = reference_labels
+        # Two-sample homogeneity test of predicted-class counts: H0 mu == C 1 <=> w == 1.
+        self._chi2 = ChiSquareDetector(
+            {"prediction": y_pred}, alpha=self.alpha, correction="none", min_samples=1
+        )
+        self._z = float(ndtri(0.5 + self.confidence / 2.0))
+
+    def __repr__(self) -> str:
+        return (
+            f"BBSE(classes={list(self.classes)!r}, n_reference={self.n_reference}, "
+            f"condition_number={self.condition_number:.4g}, alpha={self.alpha}, "
+            f"confidence={self.confidence})"
+        )
+
+    def estimate(self, window_y_pred: np.ndarray) -> LabelShiftEstimate:
+        """Estimate the label shift of a window from its predictions alone.
+
+        Parameters
+        ----------
+        window_y_pred : numpy.ndarray
+            1-D array of the classifier's predicted classes on the window.
+
+        Returns
+        -------
+        LabelShiftEstimate
+
+        Raises
+        ------
+        ValueError
+            ``window_y_pred`` is not 1-D or holds classes not in ``classes``.
+        TypeError
+            Unsupported dtype.
+        """
+        y_pred = _classes_array("window_y_pred", window_y_pred)
+        k = len(self.classes)
+        n = int(y_pred.size)
+        p_ref = tuple(self.reference_distribution.tolist())
+        if n < self.min_samples:
+            nan = (math.nan,) * k
+            return LabelShiftEstimate(
+                classes=self.classes,
+                weights=nan,
+                raw_weights=nan,
+                clipped=False,
+                standard_errors=nan,
+                ci_lower=nan,
+                ci_upper=nan,
+                confidence=self.confidence,
+                target_distribution=nan,
+                reference_distribution=p_ref,
+                condition_number=self.condition_number,
+                statistic=math.nan,
+                p_value=None,
+                threshold=self.alpha,
+                shifted=False,
+                n_reference=self.n_reference,
+                n_current=n,
+                insufficient_data=True,
+            )
+        codes = _codes("window_y_pred", y_pred, self._index)
+        mu = np.bincount(codes, minlength=k) / n
+        raw = self._inverse @ mu
+        clipped = bool((raw < 0).any())
+        weights = np.maximum(raw, 0.0)
+        q = weights * self.reference_distribution
+        q = q / q.sum() if q.sum() > 0 else q  # all weights clipped: nothing to normalise
+
+        inv = self._inverse
+        outer = np.outer(raw, raw)
+        window_term = (inv * mu) @ inv.T - outer  # C^-1 diag(mu) C^-T - w w^T
+        reference_term = (inv * (self.confusion_matrix @ raw**2)) @ inv.T - outer
+        covariance = window_term / n + reference_term / self.n_reference
+        se = np.sqrt(np.maximum(np.diag(covariance), 0.0))  # rounding may leave -1e-18
+        lower = np.maximum(raw - self._z * se, 0.0)
+        upper = np.maximum(raw + self._z * se, 0.0)
+
+        test = self._chi2.test({"prediction": y_pred}).features[0]
+        assert test.p_value is not None  # n >= 1: the window was tested
+        return LabelShiftEstimate(
+            classes=self.classes,
+            weights=tuple(weights.tolist()),
+            raw_weights=tuple(raw.tolist()),
+            clipped=clipped,
+            standard_errors=tuple(se.tolist()),
+            ci_lower=tuple(lower.tolist()),
+            ci_upper=tuple(upper.tolist()),
+            confidence=self.confidence,
+            target_distribution=tuple(q.tolist()),
+            reference_distribution=p_ref,
+            condition_number=self.condition_number,
+            statistic=test.statistic,
+            p_value=test.p_value,
+            threshold=self.alpha,
+            shifted=test.p_value < self.alpha,
+            n_reference=self.n_reference,
+            n_current=n,
+        )
+
+
+def _unit_interval(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a float in (0, 1), got {type(value).__name__}")
+    if not 0.0 < float(value) < 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+    return float(value)
+
+
+def _classes_array(name: str, values: object) -> np.ndarray:
+    """``values`` as a 1-D array of classes (not copied)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise TypeError(f"{name} must be a 1-D array, got {type(values).__name__}")
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    if array.dtype.kind not in _CLASS_KINDS:
+        raise TypeError(f"{name} has unsupported dtype {array.dtype} (floats are not classes)")
+    return array
+
+
+def _distinct(values: np.ndarray) -> list[Any]:
+    """Distinct values as plain Python objects (object arrays need not be orderable)."""
+    if values.dtype.kind != "O":
+        return np.unique(values).tolist()
+    try:
+        return list(dict.fromkeys(values.tolist()))
+    except TypeError as exc:
+        raise TypeError(f"reference classes must be hashable: {exc}") from None
+
+
+def _resolve_classes(
+    classes: Sequence[Hashable] | None, y_true: np.ndarray, y_pred: np.ndarray
+) -> tuple[Hashable, ...]:
+    found = list(dict.fromkeys(_distinct(y_true) + _distinct(y_pred)))
+    if classes is None:
+        try:
+            return tuple(sorted(found))
+        except TypeError:  # mixed, unorderable hashables: keep first-seen order
+            return tuple(found)
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence | np.ndarray):
+        raise TypeError(f"classes must be a sequence of classes, got {type(classes).__name__}")
+    given = np.asarray(classes).tolist() if isinstance(classes, np.ndarray) else list(classes)
+    try:
+        unique = dict.fromkeys(given)
+    except TypeError as exc:
+        raise TypeError(f"classes must be hashable: {exc}") from None
+    if len(unique) != len(given):
+        raise ValueError(f"classes must be distinct, got {given!r}")
+    if len(given) < 2:
+        raise ValueError(f"classes must hold at least 2 classes, got {given!r}")
+    missing = [c for c in found if c not in unique]
+    if missing:
+        raise ValueError(f"classes is missing reference classes {missing!r}")
+    return tuple(given)
+
+
+def _codes(name: str, values: np.ndarray, index: dict[Hashable, int]) -> np.ndarray:
+    """Index of each value's class; ValueError naming the values that are no class."""
+    try:
+        if values.dtype.kind == "O":
+            items = values.tolist()
+            unknown = list(dict.fromkeys(v for v in items if v not in index))
+            if not unknown:
+                return np.fromiter((index[v] for v in items), dtype=np.intp, count=len(items))
+        else:
+            distinct, inverse = np.unique(values, return_inverse=True)
+            keys = distinct.tolist()
+            unknown = [v for v in keys if v not in index]
+            if not unknown:
+                return np.array([index[v] for v in keys], dtype=np.intp)[inverse]
+    except TypeError as exc:  # unhashable objects
+        raise TypeError(f"{name} holds unhashable values: {exc}") from None
+    raise ValueError(f"{name} holds classes not seen on the reference: {unknown!r}")
