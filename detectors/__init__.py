@@ -9,18 +9,34 @@ from __future__ import annotations
 from .base import Detector
 from .chisquare import ChiSquareDetector
 from .correction import CORRECTIONS, adjust_p_values
+from .cvm import AndersonDarlingDetector, CramerVonMisesDetector
+from .divergence import JSDetector, KLDetector
 from .errors import DetectorError, InsufficientDataError
 from .ks import KSDetector
+from .psi import PSIDetector
+from .registry import KINDS, LARGE_REFERENCE, DetectorInfo, build, choose
 from .results import DriftResult, FeatureResult
+from .wasserstein import WassersteinDetector
 
 __all__ = [
     "CORRECTIONS",
+    "KINDS",
+    "LARGE_REFERENCE",
+    "AndersonDarlingDetector",
     "ChiSquareDetector",
+    "CramerVonMisesDetector",
     "Detector",
     "DetectorError",
+    "DetectorInfo",
     "DriftResult",
     "FeatureResult",
     "InsufficientDataError",
+    "JSDetector",
+    "KLDetector",
     "KSDetector",
+    "PSIDetector",
+    "WassersteinDetector",
     "adjust_p_values",
+    "build",
+    "choose",
 ]

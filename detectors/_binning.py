@@ -189,7 +189,9 @@ class BinnedDetector:
             )
             types_[feature] = kind
             self._bins[feature] = (
-                NumericBins(values, self.bins) if kind == NUMERIC else CategoricalBins(feature, values)
+                NumericBins(values, self.bins)
+                if kind == NUMERIC
+                else CategoricalBins(feature, values)
             )
             self._sizes[feature] = values.size
         #: feature -> "numeric" or "categorical" (read-only).

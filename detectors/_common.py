@@ -172,9 +172,7 @@ def check_threshold(threshold: float) -> float:
 def check_min_samples(min_samples: int, lowest: int = 1) -> int:
     """Validate ``min_samples``: an int >= ``lowest``."""
     if isinstance(min_samples, bool) or not isinstance(min_samples, (int, np.integer)):
-        raise TypeError(
-            f"min_samples must be an int >= {lowest}, got {type(min_samples).__name__}"
-        )
+        raise TypeError(f"min_samples must be an int >= {lowest}, got {type(min_samples).__name__}")
     if min_samples < lowest:
         raise ValueError(f"min_samples must be >= {lowest}, got {min_samples!r}")
     return int(min_samples)
@@ -257,3 +255,9 @@ def tie_runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
     ends = np.append(starts[1:], sorted_values.size)
     return starts, ends
+
+
+def running_count(mask: np.ndarray) -> np.ndarray:
+    """``np.cumsum(mask)`` of a bool array, several times faster (int32 when it fits)."""
+    dtype = np.int32 if mask.size < 2**31 else np.int64
+    return np.cumsum(mask.view(np.uint8), dtype=dtype)

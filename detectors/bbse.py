@@ -237,7 +237,11 @@ class BBSE:
                 "the reference confusion matrix is singular; classes " + "; ".join(parts)
             )
         condition = float(np.linalg.cond(confusion))
-        if not condition <= self.max_condition_number:  # inf / nan: numerically singular
+        if not math.isfinite(condition) or condition > 1.0 / np.finfo(np.float64).eps:
+            raise SingularConfusionMatrixError(
+                f"the reference confusion matrix is singular (condition number {condition:.4g})"
+            )
+        if condition > self.max_condition_number:
             raise SingularConfusionMatrixError(
                 f"the reference confusion matrix is ill-conditioned: condition number "
                 f"{condition:.4g} exceeds max_condition_number={self.max_condition_number:.4g}"

@@ -46,8 +46,8 @@ class Daemon:
             self.close()
 
     def close(self) -> None:
-        for closer in (self.pipeline.source.close, self.pipeline.dead_letter.close,
-                       self.store.close):
+        for closer in (self.pipeline.close, self.pipeline.source.close,
+                       self.pipeline.dead_letter.close, self.store.close):
             try:
                 closer()
             except Exception:  # noqa: BLE001 - shutting down: log and go on releasing

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from monitor import __version__
-from monitor.errors import MonitorError
+from monitor.errors import ConfigError, MonitorError, SinkError
 
 log = logging.getLogger("driftline")
 
@@ -76,18 +76,23 @@ def _jsonl_values(path: Path, key_field: str | None) -> Iterator[tuple[bytes | N
             key = None
             if key_field:
                 try:
-                    key = str(json.loads(line).get(key_field, "")).encode()
+                    model = json.loads(line).get(key_field)
                 except (ValueError, AttributeError):
-                    key = None  # replay bad lines as they are: the daemon dead-letters them
+                    model = None  # replay bad lines as they are: the daemon dead-letters them
+                key = None if model is None else str(model).encode()
             yield key, line
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+
     from monitor.kafka_io import produce
 
     _setup_logging("WARNING")
     key_field = "model" if args.key_by_model else None
     if args.file:
+        if not Path(args.file).is_file():  # before connecting: the file is read lazily
+            raise ConfigError(f"{args.file}: no such file")
         values = _jsonl_values(Path(args.file), key_field)
     else:
         from monitor.synthetic import SyntheticStream
@@ -96,7 +101,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
                                  magnitude=args.magnitude)
         key = args.model.encode() if args.key_by_model else None
         values = ((key, v) for v in stream.encoded(args.synthetic))
-    n = produce(args.bootstrap_servers, args.topic, values)
+    try:
+        n = produce(args.bootstrap_servers, args.topic, values)
+    except KafkaError as exc:
+        raise SinkError(f"producing to '{args.topic}' at {args.bootstrap_servers} failed: "
+                        f"{exc}") from None
     print(f"produced {n} records to {args.topic}")
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -28,9 +29,20 @@ log = logging.getLogger("driftline.kafka")
 DEAD_LETTER_MAX_VALUE = 512 * 1024
 
 
+def _security(settings: KafkaSettings) -> dict[str, Any]:
+    """The security settings, with ``*_file`` keys replaced by the files' contents."""
+    out: dict[str, Any] = {}
+    for key, value in settings.security.items():
+        if key.endswith("_file"):
+            out[key[:-5]] = Path(value).read_text(encoding="utf-8").rstrip("\r\n")
+        else:
+            out[key] = value
+    return out
+
+
 def _client_config(settings: KafkaSettings, extra: Mapping[str, Any]) -> dict[str, Any]:
     return {"bootstrap_servers": settings.bootstrap_servers.split(","),
-            **dict(settings.security), **dict(extra)}
+            **_security(settings), **dict(extra)}
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -117,6 +129,12 @@ class KafkaSource:
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._consumer.seek(KafkaTP(*tp), offset)
+
+    def pause(self) -> None:
+        self._consumer.pause(*self._consumer.assignment())
+
+    def resume(self) -> None:
+        self._consumer.resume(*self._consumer.paused())
 
     def on_rebalance(self, revoked: RebalanceHook, assigned: RebalanceHook) -> None:
         self._listener.revoked = revoked

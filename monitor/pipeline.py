@@ -17,8 +17,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from monitor.deadletter import DeadLetter
 from monitor.errors import RecordError, SinkError, SourceError
@@ -72,6 +75,7 @@ class Pipeline:
         on_report: Callable[[WindowReport], None] | None = None,
         poll_timeout_s: float = 0.5,
         retry: RetryPolicy = RetryPolicy(),
+        keepalive_s: float = 1.0,
     ) -> None:
         self.source = source
         self.decoder = decoder
@@ -84,6 +88,11 @@ class Pipeline:
         self.on_report = on_report
         self.poll_timeout_s = poll_timeout_s
         self.retry = retry
+        self.keepalive_s = keepalive_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-eval")
+        self._inflight: list[ClosedWindow] = []
+        self._held: list[Message] = []
+        self._closing = False
         self._next: dict[TopicPartition, int] = {}  # next offset to read, per partition
         self._committed: dict[TopicPartition, int] = {}
         self._first: dict[TopicPartition, int] = {}  # first offset read this session
@@ -113,6 +122,8 @@ class Pipeline:
                 break
 
     def process(self, batch: Sequence[Message]) -> None:
+        if self._held:  # records a keep-alive poll returned: they come first
+            batch, self._held = [*self._held, *batch], []
         closed: list[ClosedWindow] = []
         with self._timed("decode"):
             for msg in batch:
@@ -120,9 +131,37 @@ class Pipeline:
                 self._first.setdefault(tp, msg.offset)
                 self._next[tp] = max(self._next.get(tp, 0), msg.offset + 1)
                 closed.extend(self._handle(msg, tp))
-        for window in closed:
+        if closed:
             with self._timed("detect"):
-                self._pending.append(self.models[window.model].evaluator.evaluate(window))
+                self._pending.extend(self._evaluate(closed))
+
+    def _evaluate(self, closed: list[ClosedWindow]) -> list[WindowReport]:
+        """Test closed windows in a worker thread; if that takes long, keep the group alive.
+
+        A consumer that does not poll within max.poll.interval.ms is thrown out of its
+        group. So while a slow evaluation (big MMD tests, GPU work) runs, every partition is
+        paused and the loop keeps polling, which returns no records. The windows count as
+        open for commits until their reports are stored.
+        """
+        self._inflight = closed
+        future = self._executor.submit(
+            lambda: [self.models[w.model].evaluator.evaluate(w) for w in closed])
+        paused = False
+        try:
+            while True:
+                try:
+                    return future.result(timeout=self.keepalive_s)
+                except FutureTimeout:
+                    if not paused:
+                        log.info("window evaluation is slow: pausing partitions meanwhile")
+                        self.source.pause()
+                        paused = True
+                    self._held.extend(self.source.poll(0))  # paused: normally nothing
+                    self.health.beat()
+        finally:
+            if paused:
+                self.source.resume()
+            self._inflight = []
 
     def _handle(self, msg: Message, tp: TopicPartition) -> list[ClosedWindow]:
         try:
@@ -163,15 +202,20 @@ class Pipeline:
 
     # -- rebalancing ---------------------------------------------------------------------
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
-        """Runs inside poll() before partitions move: store and commit what is complete.
+        """Runs inside poll() before partitions move; drops the open windows.
 
-        Open windows are dropped (their records are not committed, so whoever owns the
-        partitions next, this process included, reads them again). Partitions this process
-        keeps are rewound to their committed offsets for the same reason.
+        Nothing needs flushing here: poll() only runs after the previous batch's complete
+        windows were stored and committed (and stored windows are skipped on replay even
+        if that commit failed). kafka-python 3 also forbids blocking consumer calls in this
+        callback. Open windows are not committed, so whoever owns their partitions next,
+        this process included, reads them again: partitions this process keeps are rewound
+        to their committed offsets.
         """
+        if not revoked or self._closing:
+            return  # kafka-python also "revokes" nothing on the first join, and all on close
         self.metrics.rebalances.inc()
-        log.info("partitions revoked: %s; flushing complete windows and committing", revoked)
-        self.flush_and_commit(self._stop)
+        log.info("partitions revoked: %s; open windows dropped, to be rebuilt by their "
+                 "next owner", revoked)
         gone = set(revoked)
         for tp in self._next:
             if tp not in gone:
@@ -208,12 +252,12 @@ class Pipeline:
         self.commit()
         return True
 
-    def commit(self, only: set[TopicPartition] | None = None) -> None:
+    def commit(self) -> None:
         offsets = self.committable()
         # Committing the first offset we read would only repeat what the group already has.
         changed = {tp: o for tp, o in offsets.items()
-                   if self._committed.get(tp, self._first.get(tp)) != o
-                   and (only is None or tp in only)}
+                   if tp in self._next  # never commit for a partition we no longer read
+                   and self._committed.get(tp, self._first.get(tp)) != o}
         if not changed:
             return
         try:
@@ -268,15 +312,23 @@ class Pipeline:
     def committable(self) -> dict[TopicPartition, int]:
         """Per partition: the earliest offset still held by an open window, else the next."""
         out = dict(self._next)
-        for state in self.models.values():
-            for w in state.windows.open_windows():
-                for tp, (lo, _hi) in w.offsets.items():
-                    out[tp] = min(out.get(tp, lo), lo)
+        held: list[Any] = [w for s in self.models.values() for w in s.windows.open_windows()]
+        for w in [*held, *self._inflight]:
+            for tp, (lo, _hi) in w.offsets.items():
+                out[tp] = min(out.get(tp, lo), lo)
+        for msg in self._held:
+            tp = (msg.topic, msg.partition)
+            out[tp] = min(out.get(tp, msg.offset), msg.offset)
         return out
 
     @property
     def pending_reports(self) -> int:
         return len(self._pending)
+
+    def close(self) -> None:
+        """Call before closing the source: everything complete is already committed."""
+        self._closing = True
+        self._executor.shutdown(wait=True)
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:

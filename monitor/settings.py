@@ -112,10 +112,23 @@ class KafkaSettings(_Strict):
     poll_timeout_ms: int = Field(default=500, ge=0)
     max_poll_records: int = Field(default=5000, ge=1)
     # Passed through to kafka-python unchanged (security_protocol, sasl_mechanism,
-    # sasl_plain_username, ssl_cafile, ...). Never logged.
+    # sasl_plain_username, ssl_cafile, ...). A key ending in "_file" names a file whose
+    # content is the value of the key without the suffix (sasl_plain_password_file), read
+    # only when the client is built. Never logged.
     security: Mapping[str, Any] = Field(default_factory=dict)
     consumer: Mapping[str, Any] = Field(default_factory=dict)
     producer: Mapping[str, Any] = Field(default_factory=dict)
+
+
+    @field_validator("security")
+    @classmethod
+    def _secret_files_readable(cls, v: Mapping[str, Any]) -> Mapping[str, Any]:
+        for key, value in v.items():
+            if key.endswith("_file") and key[:-5] in v:
+                raise ValueError(f"set either '{key[:-5]}' or '{key}', not both")
+            if key.endswith("_file") and not os.access(str(value), os.R_OK):
+                raise ValueError(f"'{key}': cannot read secret file {value}")
+        return v
 
 
 class SourceSettings(_Strict):

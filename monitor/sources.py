@@ -55,6 +55,14 @@ class Source(Protocol):
         """Read ``tp`` again from ``offset`` (used after dropping open windows)."""
         ...
 
+    def pause(self) -> None:
+        """Stop returning records from every assigned partition (membership is kept)."""
+        ...
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        ...
+
     def on_rebalance(self, revoked: RebalanceHook, assigned: RebalanceHook) -> None:
         """Register callbacks run, inside :meth:`poll`, when partitions move."""
         ...
@@ -79,8 +87,11 @@ class MemorySource:
     _it: Iterator[bytes | None] | None = None
     _offset: int = 0
     _done: bool = False
+    _paused: bool = False
 
     def poll(self, timeout_s: float) -> list[Message]:
+        if self._paused:
+            return []
         if self._it is None:
             self._it = iter(self.values)
             self._offset = self.first_offset
@@ -109,6 +120,12 @@ class MemorySource:
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         raise NotImplementedError("MemorySource is read once, in order")
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
 
     def on_rebalance(self, revoked: RebalanceHook, assigned: RebalanceHook) -> None:
         pass  # one partition, never moved

@@ -192,3 +192,12 @@ def test_run_with_bad_storage_url_exits_2_without_traceback(tmp_path: Path) -> N
     assert proc.returncode == 2
     assert "storage.url" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_produce_missing_file_exits_2_before_connecting(tmp_path: Path) -> None:
+    # Nothing listens on the bootstrap address: reaching Kafka first would take 30 s and fail
+    # with a Kafka traceback instead of naming the file.
+    proc = cli("produce", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t",
+               "--file", str(tmp_path / "missing.jsonl"), timeout=20)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"driftline: error: {tmp_path / 'missing.jsonl'}: no such file"

@@ -1,0 +1,349 @@
+"""Two-sample Cramér-von Mises and Anderson-Darling drift detectors for numeric features."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from scipy.special import gammaln, kv
+from scipy.stats import cramervonmises_2samp
+
+from ._common import (
+    NUMERIC_KINDS,
+    assemble,
+    check_min_samples,
+    check_options,
+    current_columns,
+    insufficient,
+    merge_sorted,
+    reference_columns,
+    running_count,
+    tie_runs,
+)
+from .results import DriftResult
+
+__all__ = ["AndersonDarlingDetector", "CramerVonMisesDetector"]
+
+# cramervonmises_2samp(method="auto") uses the exact null distribution iff
+# max(n1, n2) <= this, the asymptotic one otherwise.
+_MAX_EXACT_N = 20
+# The tail of _cdf_cvm_inf's series is dropped once a term is below this (as scipy).
+_SERIES_TOLERANCE = 1e-7
+
+# anderson_ksamp's table (Scholz and Stephens 1987, Table 2) for k = 2 samples (m = 1):
+# critical values of the normalised statistic at these significance levels.
+_AD_LEVELS = np.array([0.25, 0.1, 0.05, 0.025, 0.01, 0.005, 0.001])
+_AD_CRITICAL = (
+    np.array([0.675, 1.281, 1.645, 1.96, 2.326, 2.573, 3.085])
+    + np.array([-0.245, 0.25, 0.678, 1.149, 1.822, 2.364, 3.615]) / math.sqrt(1)
+    + np.array([-0.105, -0.305, -0.362, -0.391, -0.396, -0.345, -0.154]) / 1
+)
+# Quadratic in the statistic fitted to log(level), as anderson_ksamp does on each call.
+_AD_FIT = np.polyfit(_AD_CRITICAL, np.log(_AD_LEVELS), 2)
+_AD_P_MAX = float(_AD_LEVELS.max())
+_AD_P_MIN = float(_AD_LEVELS.min())
+
+
+class _SortedReferenceTest:
+    """Shared constructor and ``test`` loop of the two rank tests."""
+
+    name = ""
+
+    def __init__(
+        self,
+        reference: Mapping[str, np.ndarray],
+        *,
+        alpha: float = 0.05,
+        correction: str = "bonferroni",
+        min_samples: int = 2,
+    ) -> None:
+        self.alpha, self.correction, self.min_samples = check_options(
+            alpha, correction, min_samples
+        )
+        check_min_samples(self.min_samples, lowest=2)  # both statistics need 2 per sample
+        columns = reference_columns(reference, NUMERIC_KINDS, self.min_samples)
+        self.features: tuple[str, ...] = tuple(columns)
+        self._sorted: dict[str, np.ndarray] = {}
+        for feature, values in columns.items():
+            ref = np.sort(values.astype(np.float64))  # astype copies: the input is never touched
+            ref.setflags(write=False)
+            self._sorted[feature] = ref
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(features={list(self.features)!r}, alpha={self.alpha}, "
+            f"correction={self.correction!r}, min_samples={self.min_samples})"
+        )
+
+    def _statistics(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def test(self, current: Mapping[str, np.ndarray]) -> DriftResult:
+        """Test every reference feature of ``current`` (extra keys are ignored).
+
+        Raises
+        ------
+        KeyError
+            A reference feature is missing from ``current``.
+        ValueError, TypeError
+            A column is not 1-D, not numeric, or holds NaN/inf.
+        """
+        columns = current_columns(current, self.features, NUMERIC_KINDS)
+        n_ref = [self._sorted[f].size for f in self.features]
+        n_cur = [columns[f].size for f in self.features]
+        if min(n_cur) < self.min_samples:
+            return insufficient(self.name, self.features, n_ref, n_cur, self.alpha, self.correction)
+        statistics, p_values = self._statistics(columns)
+        return assemble(
+            self.name,
+            self.features,
+            statistics,
+            p_values,
+            n_ref,
+            n_cur,
+            self.alpha,
+            self.correction,
+        )
+
+
+class CramerVonMisesDetector(_SortedReferenceTest):
+    """Per-feature two-sample Cramér-von Mises test against a fixed reference.
+
+    Parameters
+    ----------
+    reference : Mapping[str, numpy.ndarray]
+        Feature name -> 1-D numeric array (bool, int or float; NaN and inf rejected).
+        Each column is sorted once, here; the caller's arrays are not modified.
+    alpha : float, default 0.05
+        Significance level in (0, 1), applied to the adjusted p-values.
+    correction : {"bonferroni", "benjamini-hochberg", "none"}, default "bonferroni"
+        Multiple-testing correction across the features.
+    min_samples : int, default 2
+        Fewest values a column may hold, at least 2 (the statistic's variance needs
+        two values per sample). A reference column with fewer raises
+        :class:`~detectors.errors.InsufficientDataError`; a current window with fewer
+        (in any feature) yields a result with ``insufficient_data=True``.
+
+    Notes
+    -----
+    With sample sizes :math:`n` (reference) and :math:`m` (window),
+    :math:`N = n + m`, and the midranks :math:`r_i` (reference values, sorted) and
+    :math:`s_j` (window values, sorted) of each sample in the pooled sample (tied values
+    share the average of their ranks),
+
+    .. math:: U = n \\sum_{i=1}^n (r_i - i)^2 + m \\sum_{j=1}^m (s_j - j)^2,
+              \\qquad T = \\frac{U}{n m N} - \\frac{4 n m - 1}{6 N},
+
+    which estimates :math:`\\frac{nm}{N} \\int (F_1 - F_2)^2 \\, dH_N` (Anderson 1962)
+    and weighs the whole distribution, where KS looks at the largest gap only. The
+    statistic and p-value equal ``scipy.stats.cramervonmises_2samp(reference, current)``
+    (``method="auto"``): when :math:`\\max(n, m) \\le 20` the p-value is exact (scipy
+    computes it, by enumerating the null distribution of :math:`U`); otherwise
+    :math:`T` is standardised with its exact mean and variance and referred to the
+    limiting distribution of the one-sample statistic (Csörgő and Faraway 1996's
+    series), vectorised here over the features. The ranks come from merging the
+    window, once sorted, into the presorted reference.
+
+    With ties the p-values are approximate (the null distribution assumes continuous
+    data).
+    """
+
+    name = "cvm"
+
+    def _statistics(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        statistics = np.empty(len(self.features))
+        p_values = np.ones(len(self.features))
+        standardised = np.full(len(self.features), np.nan)
+        for i, feature in enumerate(self.features):
+            ref = self._sorted[feature]
+            cur = np.sort(columns[feature].astype(np.float64))
+            nx, ny = ref.size, cur.size
+            u = _cvm_u(ref, cur)
+            k, n = nx * ny, nx + ny  # Python ints: exact, as in scipy
+            statistics[i] = u / (k * n) - (4 * k - 1) / (6 * n)
+            if max(nx, ny) <= _MAX_EXACT_N:
+                p_values[i] = _cvm_exact_p(ref, cur)
+            else:
+                standardised[i] = _cvm_standardised(statistics[i], nx, ny)
+        # scipy returns 1 below 0.003, where 1 - cdf would be 1 to about 1e-18
+        tail = standardised >= 0.003  # False for NaN (the exact ones)
+        if tail.any():
+            p_values[tail] = np.maximum(1.0 - _cdf_cvm_inf(standardised[tail]), 0.0)
+        return statistics, p_values
+
+
+class AndersonDarlingDetector(_SortedReferenceTest):
+    """Per-feature two-sample Anderson-Darling test against a fixed reference.
+
+    Parameters
+    ----------
+    reference : Mapping[str, numpy.ndarray]
+        Feature name -> 1-D numeric array (bool, int or float; NaN and inf rejected).
+        Each column is sorted once, here; the caller's arrays are not modified.
+    alpha : float, default 0.05
+        Significance level in (0, 1), applied to the adjusted p-values. Must lie within
+        [0.001, 0.25] to be meaningful (see Notes).
+    correction : {"bonferroni", "benjamini-hochberg", "none"}, default "bonferroni"
+        Multiple-testing correction across the features.
+    min_samples : int, default 2
+        Fewest values a column may hold, at least 2 (the normalisation needs
+        :math:`N \\ge 4` pooled values). A reference column with fewer raises
+        :class:`~detectors.errors.InsufficientDataError`; a current window with fewer
+        (in any feature) yields a result with ``insufficient_data=True``.
+
+    Notes
+    -----
+    The k-sample Anderson-Darling test of Scholz and Stephens (1987) for
+    :math:`k = 2`, in its midrank version (eq. 7 there), which allows ties. With the
+    :math:`L` distinct pooled values :math:`z_1 < \\dots < z_L`, :math:`l_j` pooled
+    values equal to :math:`z_j`, :math:`B_j = \\#\\{\\text{pooled} < z_j\\} + l_j / 2`,
+    and for sample :math:`i` of size :math:`n_i`,
+    :math:`M_{ij} = \\#\\{\\text{sample } i < z_j\\} + f_{ij} / 2` (:math:`f_{ij}` of its
+    values equal to :math:`z_j`),
+
+    .. math:: A^2_{akN} = \\frac{N-1}{N} \\sum_{i=1}^{2} \\frac{1}{n_i} \\sum_{j=1}^{L}
+              \\frac{l_j}{N} \\frac{(N M_{ij} - n_i B_j)^2}
+              {B_j (N - B_j) - N l_j / 4},
+
+    and the reported statistic is normalised, :math:`(A^2_{akN} - 1) / \\sigma_N` with
+    :math:`\\sigma_N^2` the exact variance under the null (it can be negative). This
+    equals ``scipy.stats.anderson_ksamp([reference, current], variant="midrank")``
+    (the default variant; scipy 1.17 warns unless ``variant`` is given).
+
+    The p-value is scipy's: interpolated (a quadratic in the statistic fitted to the
+    logarithm of the levels) from the table of critical values at the levels 0.25, 0.1,
+    0.05, 0.025, 0.01, 0.005 and 0.001, and **capped at 0.25 and floored at 0.001**
+    outside that range. scipy warns when it caps or floors; this detector computes the
+    same numbers itself and does not warn. Consequences: a p-value of 0.25 means
+    "0.25 or more", and 0.001 means "0.001 or less", so a Bonferroni-adjusted p-value
+    can never fall below ``0.001 * n_features``: with more than ``alpha / 0.001``
+    features (50 at ``alpha=0.05``) no feature can be flagged with Bonferroni; prefer
+    ``"benjamini-hochberg"`` or KS/CvM there. Permutation p-values (scipy's
+    ``method=PermutationMethod()``) are not offered: too slow for a daemon.
+
+    When every pooled value is the same (scipy raises: "needs more than one distinct
+    observation"), the two samples cannot differ: :math:`A^2_{akN}` is taken as 0 (its
+    value for any two samples with identical ECDFs), giving the statistic
+    :math:`-1 / \\sigma_N` and p-value 0.25.
+    """
+
+    name = "anderson"
+
+    def _statistics(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        statistics = np.empty(len(self.features))
+        p_values = np.empty(len(self.features))
+        for i, feature in enumerate(self.features):
+            ref = self._sorted[feature]
+            cur = np.sort(columns[feature].astype(np.float64))
+            a2akn = _ad_midrank(ref, cur)
+            statistics[i] = (a2akn - 1) / math.sqrt(_ad_variance(ref.size, cur.size))
+            p_values[i] = _ad_p_value(statistics[i])
+        return statistics, p_values
+
+
+def _cvm_u(ref: np.ndarray, cur: np.ndarray) -> float:
+    """``U`` of cramervonmises_2samp from two sorted float arrays (scipy's operations)."""
+    merged, from_current = merge_sorted(ref, cur)
+    starts, ends = tie_runs(merged)
+    # scipy.stats.rankdata(method="average"): 0.5 * (end + start + 1) for a run [start, end)
+    midrank = np.repeat(0.5 * (ends + starts + 1), ends - starts)
+    rx, ry = midrank[~from_current], midrank[from_current]
+    nx, ny = ref.size, cur.size
+    return float(
+        nx * np.sum((rx - np.arange(1, nx + 1, dtype=np.float64)) ** 2)
+        + ny * np.sum((ry - np.arange(1, ny + 1, dtype=np.float64)) ** 2)
+    )
+
+
+def _cvm_exact_p(ref: np.ndarray, cur: np.ndarray) -> float:
+    """Exact p-value for small samples, from scipy (an enumeration; at most 20 x 20)."""
+    return float(cramervonmises_2samp(ref, cur, method="exact").pvalue)
+
+
+def _cvm_standardised(t: float, nx: int, ny: int) -> float:
+    """``T`` standardised with its exact null mean and variance (Anderson 1962, eq. 15)."""
+    n, k = nx + ny, nx * ny
+    et = (1 + 1 / n) / 6
+    # exact integers, one correctly rounded division (as scipy)
+    vt = (n + 1) * (4 * k * n - 3 * (nx**2 + ny**2) - 2 * k) / (45 * n**2 * 4 * k)
+    return 1 / 6 + (t - et) / math.sqrt(45 * vt)
+
+
+def _cdf_cvm_inf(x: np.ndarray) -> np.ndarray:
+    """Limiting CDF of the one-sample Cramér-von Mises statistic at each ``x > 0``.
+
+    The series of Csörgő and Faraway (1996), eq. 1.2, summed until a term is below
+    1e-7: the same terms, in the same order, as scipy.stats._hypotests._cdf_cvm_inf.
+    """
+    total = np.zeros_like(x)
+    running = np.ones(x.shape, dtype=bool)
+    k = 0
+    while running.any():
+        xs = x[running]
+        u = math.exp(gammaln(k + 0.5) - gammaln(k + 1)) / (np.pi**1.5 * np.sqrt(xs))
+        y = 4 * k + 1
+        q = y**2 / (16 * xs)
+        term = u * math.sqrt(y) * np.exp(-q) * kv(0.25, q)
+        total[running] += term
+        running[running] = np.abs(term) >= _SERIES_TOLERANCE
+        k += 1
+    return total
+
+
+def _ad_midrank(ref: np.ndarray, cur: np.ndarray) -> float:
+    """Scholz and Stephens' :math:`A^2_{akN}` for two sorted float arrays (scipy's operations)."""
+    merged, from_current = merge_sorted(ref, cur)
+    n_pooled = merged.size
+    starts, ends = tie_runs(merged)
+    if starts.size < 2:
+        return 0.0  # one distinct value: identical ECDFs (scipy raises here)
+    lj = (ends - starts).astype(np.float64)
+    bj = starts + lj / 2.0
+    denominator = bj * (n_pooled - bj) - n_pooled * lj / 4.0
+    in_current = running_count(from_current)
+    cur_le = in_current[ends - 1]  # current values <= z_j
+    cur_lt = np.concatenate(([0], cur_le[:-1]))  # current values < z_j
+    total = 0.0
+    for size, le, lt in (
+        (ref.size, ends - cur_le, starts - cur_lt),  # reference first, as scipy (samples order)
+        (cur.size, cur_le, cur_lt),
+    ):
+        mij = le.astype(np.float64)
+        mij -= (le - lt) / 2.0
+        inner = lj / float(n_pooled) * (n_pooled * mij - bj * size) ** 2 / denominator
+        total += inner.sum() / size
+    return total * ((n_pooled - 1.0) / n_pooled)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ad_variance(n_ref: int, n_cur: int) -> float:
+    """Null variance :math:`\\sigma_N^2` of :math:`A^2_{akN}` for k = 2 (scipy's operations).
+
+    Depends only on the sample sizes, which repeat from window to window.
+    """
+    k = 2
+    n = np.array([n_ref, n_cur])
+    big_n = n_ref + n_cur
+    H = (1.0 / n).sum()  # the paper's names
+    hs_cs = (1.0 / np.arange(big_n - 1, 1, -1)).cumsum()
+    h = hs_cs[-1] + 1
+    g = (hs_cs / np.arange(2, big_n)).sum()
+    a = (4 * g - 6) * (k - 1) + (10 - 6 * g) * H
+    b = (2 * g - 4) * k**2 + 8 * h * k + (2 * g - 14 * h - 4) * H - 8 * h + 4 * g - 6
+    c = (6 * h + 2 * g - 2) * k**2 + (4 * h - 4 * g + 6) * k + (2 * h - 6) * H + 4 * h
+    d = (2 * h + 6) * k**2 - 4 * h * k
+    return float(
+        (a * big_n**3 + b * big_n**2 + c * big_n + d)
+        / ((big_n - 1.0) * (big_n - 2.0) * (big_n - 3.0))
+    )
+
+
+def _ad_p_value(statistic: float) -> float:
+    """anderson_ksamp's interpolated p-value for k = 2, capped at 0.25, floored at 0.001."""
+    if statistic < _AD_CRITICAL.min():
+        return _AD_P_MAX
+    if statistic > _AD_CRITICAL.max():
+        return _AD_P_MIN
+    return math.exp(np.polyval(_AD_FIT, statistic))

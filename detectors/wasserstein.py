@@ -1,0 +1,146 @@
+"""Normalised Wasserstein (earth mover's) distance drift detector for numeric features."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from ._common import (
+    NUMERIC_KINDS,
+    assemble_distances,
+    check_min_samples,
+    check_threshold,
+    current_columns,
+    insufficient,
+    merge_sorted,
+    reference_columns,
+    running_count,
+)
+from .results import DriftResult
+
+__all__ = ["WassersteinDetector"]
+
+
+class WassersteinDetector:
+    """Per-feature Wasserstein-1 distance, in reference standard deviations.
+
+    A distance, not a test: there are no p-values and no multiple-testing correction;
+    a feature drifts when its normalised distance exceeds ``threshold``.
+
+    Parameters
+    ----------
+    reference : Mapping[str, numpy.ndarray]
+        Feature name -> 1-D numeric array (bool, int or float; NaN and inf rejected).
+        Each column is sorted, and its standard deviation taken, once, here; the
+        caller's arrays are not modified.
+    threshold : float, default 0.1
+        A feature drifts when its normalised distance is strictly greater than this
+        (finite, >= 0). 0.1 means: the window's distribution moved by about a tenth of
+        the reference's standard deviation (a shift of the mean by ``0.1 sigma`` gives
+        exactly 0.1).
+    min_samples : int, default 2
+        Fewest values a column may hold. A reference column with fewer raises
+        :class:`~detectors.errors.InsufficientDataError`; a current window with fewer
+        (in any feature) yields a result with ``insufficient_data=True``.
+
+    Notes
+    -----
+    For a reference sample with empirical CDF :math:`F_1` and a window with empirical
+    CDF :math:`F_2`,
+
+    .. math:: W_1 = \\int_{-\\infty}^{\\infty} |F_1(x) - F_2(x)|\\,dx,
+              \\qquad \\text{statistic} = W_1 / \\sigma_1,
+
+    where :math:`\\sigma_1` is the reference's population standard deviation
+    (``numpy.std``, ``ddof=0``), as in Evidently's ``wasserstein`` test. :math:`W_1`
+    equals ``scipy.stats.wasserstein_distance(reference, current)``: the integrand is
+    piecewise constant between consecutive pooled values, and the pooled values are
+    obtained by merging the window, once sorted, into the presorted reference (linear
+    time) instead of sorting both samples again.
+
+    A constant reference column has :math:`\\sigma_1 = 0`: the statistic is then 0
+    when the window holds only that same value and ``+inf`` (drift at any threshold)
+    otherwise, the limit of :math:`W_1 / \\sigma_1`. Any change of a column that never
+    varied is reported; for a column where that is noise, exclude it or use another
+    detector.
+
+    Under no drift, :math:`W_1 / \\sigma_1` shrinks like :math:`1/\\sqrt{m}` (about
+    0.03 to 0.04 for normal samples of 2000 against 2000, about 0.1 for 200 against
+    200), so the default threshold suits windows of a thousand values or more.
+    """
+
+    name = "wasserstein"
+
+    def __init__(
+        self,
+        reference: Mapping[str, np.ndarray],
+        *,
+        threshold: float = 0.1,
+        min_samples: int = 2,
+    ) -> None:
+        self.threshold = check_threshold(threshold)
+        self.min_samples = check_min_samples(min_samples)
+        columns = reference_columns(reference, NUMERIC_KINDS, self.min_samples)
+        self.features: tuple[str, ...] = tuple(columns)
+        self._sorted: dict[str, np.ndarray] = {}
+        self._std: dict[str, float] = {}
+        for feature, values in columns.items():
+            ref = np.sort(values.astype(np.float64))  # astype copies: the input is never touched
+            ref.setflags(write=False)
+            self._sorted[feature] = ref
+            self._std[feature] = float(np.std(ref))
+
+    def __repr__(self) -> str:
+        return (
+            f"WassersteinDetector(features={list(self.features)!r}, "
+            f"threshold={self.threshold}, min_samples={self.min_samples})"
+        )
+
+    def test(self, current: Mapping[str, np.ndarray]) -> DriftResult:
+        """Compare every reference feature of ``current`` (extra keys are ignored).
+
+        Raises
+        ------
+        KeyError
+            A reference feature is missing from ``current``.
+        ValueError, TypeError
+            A column is not 1-D, not numeric, or holds NaN/inf.
+        """
+        columns = current_columns(current, self.features, NUMERIC_KINDS)
+        n_ref = [self._sorted[f].size for f in self.features]
+        n_cur = [columns[f].size for f in self.features]
+        if min(n_cur) < self.min_samples:
+            return insufficient(self.name, self.features, n_ref, n_cur, self.threshold, "none")
+        statistics = np.empty(len(self.features))
+        for i, feature in enumerate(self.features):
+            distance = wasserstein_sorted(self._sorted[feature], columns[feature])
+            std = self._std[feature]
+            if std > 0.0:
+                statistics[i] = distance / std
+            else:
+                statistics[i] = 0.0 if distance == 0.0 else math.inf
+        return assemble_distances(
+            self.name, self.features, statistics, n_ref, n_cur, self.threshold
+        )
+
+
+def wasserstein_sorted(ref: np.ndarray, current: np.ndarray) -> float:
+    """``scipy.stats.wasserstein_distance(ref, current)`` for sorted float64 ``ref``."""
+    cur = np.sort(np.asarray(current, dtype=np.float64))  # np.sort copies
+    merged, from_current = merge_sorted(ref, cur)
+    # Number of current values among the pooled values up to and including each one but
+    # the last. Where values tie the width below is 0, so only the count after the last
+    # of each run of ties matters, and there it is the count of values <= that value.
+    in_current = running_count(from_current[:-1])
+    width = np.subtract(merged[1:], merged[:-1], out=merged[:-1])  # merged is ours to reuse
+    # |F1 - F2| on each gap, built in place (large temporaries are costly)
+    gap = np.arange(1, merged.size, dtype=np.float64)
+    gap -= in_current
+    gap /= ref.size
+    gap -= np.divide(in_current, cur.size)
+    np.abs(gap, out=gap)
+    gap *= width
+    # a plain pairwise sum: np.dot would go through a multithreaded BLAS for no gain
+    return float(gap.sum())

@@ -1,0 +1,73 @@
+"""Slow window evaluation pauses the partitions and keeps the consumer in its group."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monitor.app import build_daemon
+from monitor.kafka_io import produce
+from monitor.metrics import Metrics
+from monitor.settings import parse_settings
+from monitor.synthetic import SyntheticStream
+
+pytestmark = pytest.mark.integration
+
+STREAM = SyntheticStream(seed=21)
+SLOW_S = 9.0  # longer than max.poll.interval.ms below
+
+
+def _run(tmp_path: Path, kafka_broker, topic: str, *, keepalive_s: float) -> Metrics:  # type: ignore[no-untyped-def]
+    ref = STREAM.write_reference_csv(tmp_path / "ref.csv", 2000)
+    settings = parse_settings({
+        "source": {"kafka": {
+            "bootstrap_servers": kafka_broker.bootstrap, "topics": [topic],
+            "group_id": f"bp-{uuid.uuid4().hex[:8]}", "poll_timeout_ms": 200,
+            "consumer": {"max_poll_interval_ms": 5000, "session_timeout_ms": 6000,
+                         "heartbeat_interval_ms": 1000}}},
+        "storage": {"url": f"sqlite:///{tmp_path}/r.db"},
+        "models": [STREAM.settings_doc(ref, 1000)],
+    }, env={})
+    metrics = Metrics(CollectorRegistry())
+    daemon = build_daemon(settings, metrics=metrics, serve_metrics=False)
+    daemon.pipeline.keepalive_s = keepalive_s
+    evaluator = daemon.pipeline.models[STREAM.model].evaluator
+    real, calls = evaluator.evaluate, []
+
+    def slow(window):  # type: ignore[no-untyped-def]
+        calls.append(window.index)
+        if len(calls) == 1:
+            time.sleep(SLOW_S)
+        return real(window)
+
+    evaluator.evaluate = slow  # type: ignore[method-assign]
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len({r["window_index"] for r in daemon.store.results()}) < 3:
+            assert time.monotonic() < deadline, "windows were not all stored in time"
+            time.sleep(0.5)
+    finally:
+        daemon.stop.set()
+        thread.join(timeout=30)
+    return metrics
+
+
+def test_slow_evaluation_does_not_cost_group_membership(tmp_path: Path, kafka_broker,  # type: ignore[no-untyped-def]
+                                                         kafka_topic) -> None:
+    topic = kafka_topic(partitions=1)
+    produce(kafka_broker.bootstrap, topic, ((None, v) for v in STREAM.encoded(3000)))
+    (tmp_path / "a").mkdir()
+    metrics = _run(tmp_path / "a", kafka_broker, topic, keepalive_s=0.5)
+    assert metrics.registry.get_sample_value("driftline_rebalances_total") == 0
+
+    # control: without the keep-alive polling the same stall loses the partitions
+    (tmp_path / "b").mkdir()
+    metrics = _run(tmp_path / "b", kafka_broker, topic, keepalive_s=3600)
+    assert metrics.registry.get_sample_value("driftline_rebalances_total") >= 1
