@@ -305,6 +305,30 @@ def _panels() -> list[dict[str, Any]]:
                              "all sinks"),
                       target(f"sum by (sink) (rate(driftline_sink_errors_total{RATE}))",
                              "{{sink}}")]), 12, 8)
+
+    g.row("Kafka and delayed labels")
+    g.add(stat("Kafka reachable", "Whether each daemon can reach its Kafka brokers "
+               "(driftline_source_connected). During an outage /metrics stays up, nothing is "
+               "committed, and the consumer reconnects with back-off.",
+               [target("min by (instance) (driftline_source_connected)", "{{instance}}")],
+               steps=thresholds(("red", None), ("green", 1)),
+               mappings=value_mappings({"0": ("DOWN", "red"), "1": ("UP", "green")})), 6, 8)
+    g.add(timeseries("Consumer lag", "Records between each partition's end and the daemon's "
+                     "position.",
+                     [target("sum by (topic, partition) (driftline_consumer_lag_records)",
+                             "{{topic}}/{{partition}}")]), 18, 8)
+    g.add(timeseries("Rebalances and commit errors", "Partition revocations (scale-out, a "
+                     "member leaving) and failed offset commits (retried with the next batch).",
+                     [target(f"sum(increase(driftline_rebalances_total{RATE}))", "rebalances"),
+                      target(f"sum(increase(driftline_commit_errors_total{RATE}))",
+                             "commit errors")]), 12, 8)
+    g.add(timeseries("Delayed labels / s by outcome", "Label records joined to a stored "
+                     "prediction, late (beyond the horizon), orphan (no prediction within the "
+                     "horizon), invalid, or replayed. Labels waiting for their prediction on "
+                     "the right axis.",
+                     [target(f"sum by (outcome) (rate(driftline_labels_total{RATE}))",
+                             "{{outcome}}"),
+                      target("sum(driftline_labels_waiting)", "waiting")]), 12, 8)
     return g.panels
 
 

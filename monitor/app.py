@@ -14,9 +14,10 @@ from monitor.deadletter import DeadLetter
 from monitor.evaluate import ModelEvaluator, WindowReport
 from monitor.health import Health, serve
 from monitor.metrics import Metrics
-from monitor.pipeline import ModelState, Pipeline, StoredState, Windows
+from monitor.labels import LabelEvaluator, LabelJoin
+from monitor.pipeline import ModelState, Pipeline, StoredState, StreamState, Windows
 from monitor.reference import load_reference
-from monitor.schema import Decoder, ModelSchema
+from monitor.schema import Decoder, FeatureKind, ModelSchema
 from monitor.settings import CountWindow, ModelSettings, Settings
 from monitor.sinks import PrometheusSink, Sink
 from monitor.sources import Source
@@ -73,16 +74,21 @@ def build_daemon(
     store.create_schema()
 
     def restore() -> StoredState:
-        return StoredState(store.stored_offsets(), store.last_window_index())
+        offsets, last = {}, {}
+        for stream in ("features", "labels"):
+            offsets.update({(stream, *k): v for k, v in store.stored_offsets(stream).items()})
+            last.update({(stream, m): i for m, i in store.last_window_index(stream).items()})
+        return StoredState(offsets, last)
 
     models: dict[str, ModelState] = {}
     schemas: dict[str, ModelSchema] = {}
     for m in settings.models:
         kinds = {f.name: f.type for f in m.features}
         reference = load_reference(m.reference.path, kinds, m.reference.format)
-        evaluator = ModelEvaluator(m, reference)
         new_windows = _windows_factory(m)
-        models[m.name] = ModelState(evaluator, new_windows(None), new_windows)
+        models[m.name] = ModelState(
+            StreamState(ModelEvaluator(m, reference), new_windows(None), new_windows),
+            _label_stream(m) if m.labels is not None else None)
         schemas[m.name] = ModelSchema(kinds)
 
     if source is None or dead_letter is None:
@@ -92,12 +98,16 @@ def build_daemon(
         dead_letter = dead_letter or KafkaDeadLetter(settings.source.kafka)
 
     sinks: list[Sink] = [store, PrometheusSink(metrics)]  # durable first, then visible
-    metrics.prime(((name, s.evaluator.detector_names) for name, s in models.items()),
+    metrics.prime(((name, [d for _n, s in state.streams() for d in s.evaluator.detector_names])
+                   for name, state in models.items()),
                   sinks=[*(s.name for s in sinks), "dead_letter"])
     pipeline = Pipeline(
         source=source, decoder=Decoder(schemas, settings.limits.max_record_bytes),
         models=models, sinks=sinks, dead_letter=dead_letter, metrics=metrics,
         restore=restore, on_report=on_report,
+        labels_topic=settings.source.kafka.labels_topic,
+        join=LabelJoin(store, {m.name: m.labels for m in settings.models if m.labels})
+        if any(m.labels for m in settings.models) else None,
         poll_timeout_s=settings.source.kafka.poll_timeout_ms / 1000,
     )
     daemon = Daemon(settings, pipeline, store, metrics)
@@ -109,6 +119,20 @@ def build_daemon(
         log.info("serving /metrics, /healthz, /readyz on %s:%d", settings.metrics.address,
                  daemon.metrics_port)
     return daemon
+
+
+def _label_stream(m: ModelSettings) -> StreamState:
+    assert m.labels is not None  # noqa: S101
+    kind: FeatureKind = "categorical" if m.labels.task == "classification" else "numeric"
+    reference = load_reference(m.labels.reference.path, {"label": kind, "prediction": kind},
+                               m.labels.reference.format)
+    size = m.labels.window_size
+
+    def make(last_stored: int | None) -> Windows:
+        return CountWindows(m.name, size, next_index=0 if last_stored is None
+                            else last_stored + 1)
+
+    return StreamState(LabelEvaluator(m.name, m.labels, m.alpha, reference), make(None), make)
 
 
 def _windows_factory(m: ModelSettings) -> Callable[[int | None], Windows]:

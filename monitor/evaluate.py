@@ -28,6 +28,7 @@ class WindowReport:
     results: tuple[DriftResult, ...]
     offsets: Mapping[TopicPartition, tuple[int, int]]
     evaluated_at: float
+    stream: str = "features"  # or "labels": windows of joined (label, prediction) pairs
 
 
 _KIND_FOR = {"ks": "numeric", "chi2": "categorical"}

@@ -75,7 +75,8 @@ class KafkaSource:
         self._commit_ok = True
         try:
             self._consumer = KafkaConsumer(**config)
-            self._consumer.subscribe(topics=list(settings.topics), listener=self._listener)
+            topics = [*settings.topics, *([settings.labels_topic] if settings.labels_topic else [])]
+            self._consumer.subscribe(topics=topics, listener=self._listener)
         except KafkaError as exc:
             raise SourceError(
                 f"cannot connect to Kafka at {settings.bootstrap_servers}: {exc}") from exc

@@ -26,6 +26,9 @@ REJECT_REASONS: tuple[str, ...] = (
     "late",
 )
 
+#: Join outcomes of delayed labels (the ``outcome`` label of ``driftline_labels_total``).
+LABEL_OUTCOMES: tuple[str, ...] = ("joined", "late", "orphan", "invalid", "replayed")
+
 #: Pipeline stages timed by ``driftline_stage_duration_seconds``.
 STAGES: tuple[str, ...] = ("poll", "decode", "detect", "sink", "commit")
 
@@ -124,6 +127,15 @@ class Metrics:
             "Partition revocations handled (complete windows flushed and committed first).",
             registry=r,
         )
+        self.labels = Counter(
+            "driftline_labels_total",
+            "Delayed-label records by join outcome (joined, late, orphan, invalid, replayed).",
+            ["outcome"], registry=r,
+        )
+        self.labels_waiting = Gauge(
+            "driftline_labels_waiting",
+            "Labels waiting for their prediction to arrive (bounded).", registry=r,
+        )
         self.sink_errors = Counter(
             "driftline_sink_errors_total", "Sink flushes that failed (offsets not committed).",
             ["sink"], registry=r,
@@ -136,6 +148,8 @@ class Metrics:
             self.sink_errors.labels(sink=sink)
         for reason in REJECT_REASONS:
             self.records_rejected.labels(reason=reason)
+        for outcome in LABEL_OUTCOMES:
+            self.labels.labels(outcome=outcome)
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
         for model, detectors in models:

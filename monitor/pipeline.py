@@ -21,12 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from monitor.deadletter import DeadLetter
 from monitor.errors import RecordError, SinkError, SourceError
-from monitor.evaluate import ModelEvaluator, WindowReport
+from monitor.evaluate import WindowReport
 from monitor.health import Health
+from monitor.labels import LabelJoin
 from monitor.metrics import Metrics
 from monitor.schema import Decoder
 from monitor.sinks import Sink
@@ -39,20 +40,37 @@ log = logging.getLogger("driftline.pipeline")
 Windows = CountWindows | TimeWindows
 
 
+class Evaluator(Protocol):
+    def evaluate(self, window: ClosedWindow) -> WindowReport: ...
+
+
 @dataclass
-class ModelState:
-    evaluator: ModelEvaluator
+class StreamState:
+    """One model's windows of one stream ("features", or "labels": joined pairs)."""
+
+    evaluator: Evaluator
     windows: Windows
     # Builds fresh windows continuing after the last stored window index (None: none yet).
     new_windows: Callable[[int | None], Windows]
 
 
+@dataclass
+class ModelState:
+    features: StreamState
+    labels: StreamState | None = None
+
+    def streams(self) -> Iterator[tuple[str, StreamState]]:
+        yield "features", self.features
+        if self.labels is not None:
+            yield "labels", self.labels
+
+
 @dataclass(frozen=True)
 class StoredState:
-    """What storage already holds: the replay marks and the last window per model."""
+    """What storage already holds: replay marks and the last window, per stream and model."""
 
-    offsets: Mapping[tuple[str, str, int], int]
-    last_window: Mapping[str, int]
+    offsets: Mapping[tuple[str, str, str, int], int]  # (stream, model, topic, partition)
+    last_window: Mapping[tuple[str, str], int]  # (stream, model)
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,8 @@ class Pipeline:
         dead_letter: DeadLetter,
         metrics: Metrics,
         restore: Callable[[], StoredState] | None = None,
+        labels_topic: str | None = None,
+        join: LabelJoin | None = None,
         on_report: Callable[[WindowReport], None] | None = None,
         poll_timeout_s: float = 0.5,
         retry: RetryPolicy = RetryPolicy(),
@@ -84,7 +104,9 @@ class Pipeline:
         self.dead_letter = dead_letter
         self.metrics = metrics
         self._restore = restore
-        self._stored: dict[tuple[str, str, int], int] = {}
+        self._stored: dict[tuple[str, str, str, int], int] = {}
+        self.labels_topic = labels_topic
+        self.join = join
         self.on_report = on_report
         self.poll_timeout_s = poll_timeout_s
         self.retry = retry
@@ -124,18 +146,23 @@ class Pipeline:
     def process(self, batch: Sequence[Message]) -> None:
         if self._held:  # records a keep-alive poll returned: they come first
             batch, self._held = [*self._held, *batch], []
-        closed: list[ClosedWindow] = []
+        closed: list[tuple[str, ClosedWindow]] = []
         with self._timed("decode"):
             for msg in batch:
                 tp = (msg.topic, msg.partition)
                 self._first.setdefault(tp, msg.offset)
                 self._next[tp] = max(self._next.get(tp, 0), msg.offset + 1)
-                closed.extend(self._handle(msg, tp))
+                if msg.topic == self.labels_topic:
+                    self._handle_label(msg, tp)
+                else:
+                    closed.extend(("features", w) for w in self._handle(msg, tp))
+            if self.join is not None:
+                closed.extend(("labels", w) for w in self._join_labels())
         if closed:
             with self._timed("detect"):
                 self._pending.extend(self._evaluate(closed))
 
-    def _evaluate(self, closed: list[ClosedWindow]) -> list[WindowReport]:
+    def _evaluate(self, closed: list[tuple[str, ClosedWindow]]) -> list[WindowReport]:
         """Test closed windows in a worker thread; if that takes long, keep the group alive.
 
         A consumer that does not poll within max.poll.interval.ms is thrown out of its
@@ -143,9 +170,10 @@ class Pipeline:
         paused and the loop keeps polling, which returns no records. The windows count as
         open for commits until their reports are stored.
         """
-        self._inflight = closed
+        self._inflight = [w for _stream, w in closed]
         future = self._executor.submit(
-            lambda: [self.models[w.model].evaluator.evaluate(w) for w in closed])
+            lambda: [self._stream(w.model, stream).evaluator.evaluate(w)
+                     for stream, w in closed])
         paused = False
         try:
             while True:
@@ -163,17 +191,52 @@ class Pipeline:
                 self.source.resume()
             self._inflight = []
 
+    def _stream(self, model: str, stream: str) -> StreamState:
+        state = self.models[model]
+        out = state.features if stream == "features" else state.labels
+        assert out is not None  # noqa: S101 - label windows exist only with labels configured
+        return out
+
     def _handle(self, msg: Message, tp: TopicPartition) -> list[ClosedWindow]:
         try:
             record = self.decoder.decode(msg.value)
-            if msg.offset <= self._stored.get((record.model, msg.topic, msg.partition), -1):
+            state = self.models[record.model]
+            if state.labels is not None and self.join is not None:
+                self.join.add_prediction(record.model, record.request_id, record.prediction,
+                                         record.timestamp)
+            if msg.offset <= self._stored.get(("features", record.model, *tp), -1):
                 self.skipped_replayed += 1  # already inside a stored window: replay after crash
                 return []
-            closed = self.models[record.model].windows.add(record, tp, msg.offset)
+            closed = state.features.windows.add(record, tp, msg.offset)
         except RecordError as err:
             self.on_record_error(msg, err)
             return []
         self.metrics.records_consumed.labels(model=record.model).inc()
+        return closed
+
+    def _handle_label(self, msg: Message, tp: TopicPartition) -> None:
+        try:
+            label = self.decoder.decode_label(msg.value)
+        except RecordError as err:
+            self.on_record_error(msg, err)
+            return
+        if self.join is None:
+            return
+        self.join.add_label(label, tp, msg.offset)
+
+    def _join_labels(self) -> list[ClosedWindow]:
+        assert self.join is not None  # noqa: S101
+        before = Counter(self.join.outcomes)
+        closed: list[ClosedWindow] = []
+        for pair, tp, offset in self.join.resolve():
+            if offset <= self._stored.get(("labels", pair.model, *tp), -1):
+                self.join.outcomes["replayed"] += 1  # already in a stored label window
+                continue
+            self.join.outcomes["joined"] += 1
+            closed.extend(self._stream(pair.model, "labels").windows.add(pair, tp, offset))
+        for outcome, n in (self.join.outcomes - before).items():
+            self.metrics.labels.labels(outcome=outcome).inc(n)
+        self.metrics.labels_waiting.set(self.join.waiting)
         return closed
 
     def on_record_error(self, msg: Message, err: RecordError) -> None:
@@ -236,7 +299,8 @@ class Pipeline:
         state = self._restore()
         self._stored = dict(state.offsets)
         for name, model in self.models.items():
-            model.windows = model.new_windows(state.last_window.get(name))
+            for stream, s in model.streams():
+                s.windows = s.new_windows(state.last_window.get((stream, name)))
 
     # -- flush, then commit --------------------------------------------------------------
     def flush_and_commit(self, stop: threading.Event) -> bool:
@@ -246,6 +310,10 @@ class Pipeline:
         late record in it must already be on the dead-letter topic by then.
         """
         if not self._retrying(self.dead_letter.flush, stop, sink_name="dead_letter"):
+            return False
+        # Predictions awaiting labels must be stored before their offsets are committed.
+        if self.join is not None and not self._retrying(self.join.flush, stop,
+                                                        sink_name="predictions"):
             return False
         if not self._retrying(self._deliver, stop):
             return False
@@ -285,7 +353,7 @@ class Pipeline:
                 self.on_report(report)
         for report in self._pending:  # these are durable: replays may skip them now
             for (topic, partition), (_lo, hi) in report.offsets.items():
-                key = (report.model, topic, partition)
+                key = (report.stream, report.model, topic, partition)
                 self._stored[key] = max(self._stored.get(key, -1), hi)
         self._pending.clear()
         self._sink_i = 0
@@ -312,9 +380,13 @@ class Pipeline:
     def committable(self) -> dict[TopicPartition, int]:
         """Per partition: the earliest offset still held by an open window, else the next."""
         out = dict(self._next)
-        held: list[Any] = [w for s in self.models.values() for w in s.windows.open_windows()]
+        held: list[Any] = [w for m in self.models.values() for _name, s in m.streams()
+                           for w in s.windows.open_windows()]
         for w in [*held, *self._inflight]:
             for tp, (lo, _hi) in w.offsets.items():
+                out[tp] = min(out.get(tp, lo), lo)
+        if self.join is not None:  # labels still waiting for their prediction
+            for tp, lo in self.join.held_offsets().items():
                 out[tp] = min(out.get(tp, lo), lo)
         for msg in self._held:
             tp = (msg.topic, msg.partition)

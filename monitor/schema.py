@@ -116,7 +116,10 @@ def _string(doc: Mapping[str, Any], name: str, *, required: bool = True) -> str 
 def _finite(v: Any, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise RecordError("schema", f"{where} must be a number, got {type(v).__name__}")
-    f = float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # a JSON integer too large for a double
+        raise RecordError("non_finite", f"{where} is too large") from None
     if not math.isfinite(f):
         raise RecordError("non_finite", f"{where} is not finite")
     return f

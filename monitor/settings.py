@@ -61,6 +61,27 @@ class ReferenceSettings(_Strict):
     format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
 
 
+class LabelSettings(_Strict):
+    """Delayed labels for a model: joined to its predictions, tested for concept drift."""
+
+    reference: ReferenceSettings = Field(
+        description="Labelled reference data: columns 'label' and 'prediction'.")
+    task: Literal["classification", "regression"] = "classification"
+    test: Literal["fisher", "chi2", "ks"] | None = None
+    window_size: int = Field(default=1000, gt=1)
+    horizon_seconds: float = Field(default=86_400, gt=0)
+    max_waiting: int = Field(default=100_000, gt=0)
+    min_samples: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _test_fits_task(self) -> LabelSettings:
+        allowed = {"classification": {"fisher", "chi2"}, "regression": {"ks"}}[self.task]
+        if self.test is not None and self.test not in allowed:
+            raise ValueError(f"test '{self.test}' does not apply to {self.task}; "
+                             f"use one of {sorted(allowed)}")
+        return self
+
+
 class ModelSettings(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     version: str | None = None
@@ -71,6 +92,7 @@ class ModelSettings(_Strict):
         default=None, description="Default: ks on numeric features, chi2 on categorical ones.")
     alpha: float = Field(default=0.05, gt=0, lt=1)
     correction: Correction = "bonferroni"
+    labels: LabelSettings | None = None
 
     @field_validator("features")
     @classmethod
@@ -106,6 +128,7 @@ class ModelSettings(_Strict):
 class KafkaSettings(_Strict):
     bootstrap_servers: str = "localhost:9092"
     topics: tuple[str, ...] = ("inference-logs",)
+    labels_topic: str | None = None
     group_id: str = "driftline"
     dead_letter_topic: str = "driftline-dead-letter"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
@@ -156,6 +179,16 @@ class Settings(_Strict):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     models: tuple[ModelSettings, ...] = Field(min_length=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _labels_need_a_topic(self) -> Settings:
+        with_labels = [m.name for m in self.models if m.labels is not None]
+        if with_labels and not self.source.kafka.labels_topic:
+            raise ValueError(f"models {with_labels} configure labels: set "
+                             "source.kafka.labels_topic")
+        if self.source.kafka.labels_topic in self.source.kafka.topics:
+            raise ValueError("source.kafka.labels_topic must not be one of source.kafka.topics")
+        return self
 
     @field_validator("models")
     @classmethod

@@ -23,6 +23,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    delete,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -42,6 +43,7 @@ class WindowRow(Base):
     __tablename__ = "driftline_windows"
 
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(20), primary_key=True)  # features | labels
     window_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # time: epoch/secs
     window_start: Mapped[float] = mapped_column(Float)
     window_end: Mapped[float] = mapped_column(Float)
@@ -54,6 +56,7 @@ class ResultRow(Base):
     __tablename__ = "driftline_results"
 
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(20), primary_key=True)
     window_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # time: epoch/secs
     detector: Mapped[str] = mapped_column(String(100), primary_key=True)
     statistic: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -71,9 +74,21 @@ class OffsetRow(Base):
     __tablename__ = "driftline_offsets"
 
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(20), primary_key=True)
     topic: Mapped[str] = mapped_column(String(255), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
     max_offset: Mapped[int] = mapped_column(BigInteger)  # Kafka offsets are int64
+
+
+class PredictionRow(Base):
+    """Predictions of models with delayed labels, kept for the join until the horizon."""
+
+    __tablename__ = "driftline_predictions"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    prediction: Mapped[Any] = mapped_column(JSON)
+    timestamp: Mapped[float] = mapped_column(Float, index=True)
 
 
 def _finite_or_none(x: float | None) -> float | None:
@@ -125,6 +140,7 @@ class SqlStore:
             raise ConfigError(f"storage.url: the database driver is not installed: {exc}") from None
         self._sessions = sessionmaker(self.engine)
         self._pending: list[WindowReport] = []
+        self._predictions: list[tuple[str, str, Any, float]] = []
 
     def create_schema(self) -> None:
         try:
@@ -154,14 +170,15 @@ class SqlStore:
 
     def _store(self, session: Session, r: WindowReport) -> None:
         _upsert(session, WindowRow, {
-            "model": r.model, "window_index": r.window_index, "window_start": r.window_start,
+            "model": r.model, "stream": r.stream, "window_index": r.window_index, "window_start": r.window_start,
             "window_end": r.window_end, "n_records": r.n_records,
             "offsets": {f"{t}/{p}": list(v) for (t, p), v in sorted(r.offsets.items())},
             "evaluated_at": datetime.fromtimestamp(r.evaluated_at, UTC),
-        }, ["model", "window_index"])
+        }, ["model", "stream", "window_index"])
         for res in r.results:
             _upsert(session, ResultRow, {
-                "model": r.model, "window_index": r.window_index, "detector": res.detector,
+                "model": r.model, "stream": r.stream, "window_index": r.window_index,
+                "detector": res.detector,
                 "statistic": _finite_or_none(res.statistic),
                 "p_value": _finite_or_none(res.p_value), "threshold": res.threshold,
                 "drifted": res.drifted, "insufficient_data": res.insufficient_data,
@@ -173,32 +190,81 @@ class SqlStore:
                     "adjusted_p_value": _finite_or_none(f.adjusted_p_value),
                     "drifted": f.drifted, "n_current": f.n_current,
                 } for f in res.features],
-            }, ["model", "window_index", "detector"])
+            }, ["model", "stream", "window_index", "detector"])
         for (topic, partition), (_lo, hi) in r.offsets.items():
-            _upsert(session, OffsetRow, {"model": r.model, "topic": topic,
+            _upsert(session, OffsetRow, {"model": r.model, "stream": r.stream, "topic": topic,
                                          "partition": partition, "max_offset": hi},
-                    ["model", "topic", "partition"])
+                    ["model", "stream", "topic", "partition"])
 
     # -- restart state -----------------------------------------------------------------
-    def stored_offsets(self) -> dict[tuple[str, str, int], int]:
+    def stored_offsets(self, stream: str = "features") -> dict[tuple[str, str, int], int]:
         """(model, topic, partition) -> highest offset already stored in a window."""
         with self._sessions() as s:
-            rows = s.execute(select(OffsetRow)).scalars()
+            rows = s.execute(select(OffsetRow).where(OffsetRow.stream == stream)).scalars()
             return {(r.model, r.topic, r.partition): r.max_offset for r in rows}
 
-    def last_window_index(self) -> dict[str, int]:
+    def last_window_index(self, stream: str = "features") -> dict[str, int]:
         """model -> highest stored window index."""
         with self._sessions() as s:
             rows = s.execute(select(WindowRow.model, func.max(WindowRow.window_index))
-                             .group_by(WindowRow.model))
+                             .where(WindowRow.stream == stream).group_by(WindowRow.model))
             return {m: int(i) for m, i in rows}
 
+    # -- predictions awaiting delayed labels ---------------------------------------------
+    def write_predictions(self, rows: list[tuple[str, str, Any, float]]) -> None:
+        """Buffer (model, request_id, prediction, timestamp); stored with the next flush."""
+        self._predictions.extend(rows)
+
+    def lookup_predictions(self, keys: list[tuple[str, str]] | list[str]
+                           ) -> dict[str, tuple[str, Any, float]]:
+        """request_id -> (model, prediction, timestamp) for the stored ones among ``keys``."""
+        ids = sorted({k if isinstance(k, str) else k[1] for k in keys})
+        out: dict[str, tuple[str, Any, float]] = {}
+        try:
+            with self._sessions() as s:
+                for i in range(0, len(ids), 1000):  # bounded IN lists
+                    stmt = select(PredictionRow).where(PredictionRow.request_id.in_(ids[i:i + 1000]))
+                    for r in s.execute(stmt).scalars():
+                        out[r.request_id] = (r.model, r.prediction, r.timestamp)
+        except SQLAlchemyError as exc:
+            raise SinkError(f"prediction lookup failed: {exc.__class__.__name__}: {exc}") from exc
+        return out
+
+    def flush_predictions(self) -> None:
+        """Store the buffered predictions in one transaction (idempotent: replays rewrite)."""
+        if not self._predictions:
+            return
+        rows = [{"model": m, "request_id": rid, "prediction": p, "timestamp": ts}
+                for m, rid, p, ts in self._predictions]
+        dialect = self.engine.dialect.name
+        ins: Any = (postgresql.insert(PredictionRow) if dialect == "postgresql"
+                    else sqlite.insert(PredictionRow))
+        try:
+            with self._sessions.begin() as s:
+                s.execute(ins.on_conflict_do_nothing(index_elements=["model", "request_id"]),
+                          rows)
+        except SQLAlchemyError as exc:
+            raise SinkError(f"prediction write failed: {exc.__class__.__name__}: {exc}") from exc
+        self._predictions.clear()  # kept on failure: the retry writes them again
+
+    def prune_predictions(self, before: float) -> int:
+        """Forget predictions older than ``before`` (event time): their horizon has passed."""
+        try:
+            with self._sessions.begin() as s:
+                return int(s.execute(delete(PredictionRow)
+                                     .where(PredictionRow.timestamp < before)).rowcount or 0)
+        except SQLAlchemyError as exc:
+            raise SinkError(f"prediction prune failed: {exc.__class__.__name__}: {exc}") from exc
+
     # -- reading (CLI, tests) ----------------------------------------------------------
-    def results(self, model: str | None = None) -> list[dict[str, Any]]:
-        """Every stored result joined with its window, oldest window first."""
+    def results(self, model: str | None = None,
+                stream: str = "features") -> list[dict[str, Any]]:
+        """Every stored result of ``stream`` joined with its window, oldest window first."""
         stmt = (select(ResultRow, WindowRow)
                 .join(WindowRow, (WindowRow.model == ResultRow.model)
+                      & (WindowRow.stream == ResultRow.stream)
                       & (WindowRow.window_index == ResultRow.window_index))
+                .where(ResultRow.stream == stream)
                 .order_by(ResultRow.model, ResultRow.window_index, ResultRow.detector))
         if model is not None:
             stmt = stmt.where(ResultRow.model == model)

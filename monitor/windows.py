@@ -10,11 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from monitor.errors import RecordError
-from monitor.schema import InferenceRecord
 
 TopicPartition = tuple[str, int]
+
+
+class Timestamped(Protocol):
+    @property
+    def timestamp(self) -> float: ...
 
 
 @dataclass
@@ -22,10 +27,10 @@ class OpenWindow:
     index: int
     start: float
     end: float
-    records: list[InferenceRecord] = field(default_factory=list)
+    records: list[Any] = field(default_factory=list)
     offsets: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
 
-    def add(self, record: InferenceRecord, tp: TopicPartition, offset: int) -> None:
+    def add(self, record: Timestamped, tp: TopicPartition, offset: int) -> None:
         self.records.append(record)
         lo, hi = self.offsets.get(tp, (offset, offset))
         self.offsets[tp] = (min(lo, offset), max(hi, offset))
@@ -37,7 +42,7 @@ class ClosedWindow:
     index: int
     start: float  # Unix seconds: the window's bounds (time) or its first record's (count)
     end: float
-    records: tuple[InferenceRecord, ...]
+    records: tuple[Any, ...]  # InferenceRecord, or Joined for label windows
     offsets: dict[TopicPartition, tuple[int, int]]  # (min, max) offset per topic-partition
 
 
@@ -55,7 +60,7 @@ class CountWindows:
         self.size = size
         self._open = OpenWindow(next_index, math.inf, -math.inf)
 
-    def add(self, record: InferenceRecord, tp: TopicPartition, offset: int) -> list[ClosedWindow]:
+    def add(self, record: Timestamped, tp: TopicPartition, offset: int) -> list[ClosedWindow]:
         w = self._open
         w.add(record, tp, offset)
         w.start = min(w.start, record.timestamp)
@@ -89,7 +94,7 @@ class TimeWindows:
         self._last_closed = -math.inf if last_closed_index is None else last_closed_index
         self._watermark = -math.inf
 
-    def add(self, record: InferenceRecord, tp: TopicPartition, offset: int) -> list[ClosedWindow]:
+    def add(self, record: Timestamped, tp: TopicPartition, offset: int) -> list[ClosedWindow]:
         index = math.floor(record.timestamp / self.seconds)
         if index <= self._last_closed:
             raise RecordError(

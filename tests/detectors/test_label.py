@@ -316,8 +316,10 @@ def test_performance_deterministic_frozen_and_inputs_not_mutated() -> None:
     before = [a.copy() for a in (*ref, *cur)]
     detector = PerformanceDriftDetector(*ref, task="regression")
     first, second = detector.test(*cur), detector.test(*cur)
-    assert first == second == PerformanceDriftDetector(*before[:2], task="regression").test(
-        *before[2:]
+    assert (
+        first
+        == second
+        == PerformanceDriftDetector(*before[:2], task="regression").test(*before[2:])
     )
     for a, b in zip(before, (*ref, *cur), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -65,7 +65,7 @@ def hand_edges(ref: list[float], bins: int) -> list[float]:
     n = len(ordered)
     edges = []
     for j in range(1, bins):
-        x = next(v for v in ordered if sum(w <= v for w in ordered) * bins >= j * n)
+        x = next(v for v in ordered if bisect.bisect_right(ordered, v) * bins >= j * n)
         if x not in edges:
             edges.append(x)
     if edges[0] == ordered[0]:

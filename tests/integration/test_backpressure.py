@@ -36,7 +36,7 @@ def _run(tmp_path: Path, kafka_broker, topic: str, *, keepalive_s: float) -> Met
     metrics = Metrics(CollectorRegistry())
     daemon = build_daemon(settings, metrics=metrics, serve_metrics=False)
     daemon.pipeline.keepalive_s = keepalive_s
-    evaluator = daemon.pipeline.models[STREAM.model].evaluator
+    evaluator = daemon.pipeline.models[STREAM.model].features.evaluator
     real, calls = evaluator.evaluate, []
 
     def slow(window):  # type: ignore[no-untyped-def]

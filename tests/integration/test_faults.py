@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -91,36 +92,38 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     streams = make_streams(4, partitions=PARTITIONS, drift_at=30_000)
     counts = {s.model: 50_000 + 700 * i for i, s in enumerate(streams)}  # 204,200 records
     topic = kafka_topic(PARTITIONS)
-    produced = produce_streams(kafka_broker.bootstrap, topic, streams, counts)
-    assert produced == sum(counts.values()) >= 200_000
-    t_produced = time.monotonic()
     n_windows = full_windows(counts, CRASH_WINDOW)
-
     common = dict(bootstrap=kafka_broker.bootstrap, topic=topic, streams=streams,
                   window=CRASH_WINDOW)
-    # The reference run consumes the same topic concurrently (own group, own database): it
-    # mostly uses the CPU while the crashed daemon waits to rejoin the group.
     reference = DaemonProc(tmp_path / "reference", db_url=fresh_db("crash_ref"), **common)
     crash = DaemonProc(tmp_path / "crash", db_url=fresh_db("crash"), **common)
     rng = random.Random(CRASH_SEED)
     kills: list[tuple[int, int]] = []  # (records consumed by that process, windows stored)
-    with reference, crash:
+    # The stream is produced while the daemons consume it (as in production), and the
+    # reference daemon (own group, own database) reads the same topic meanwhile: both use the
+    # CPU while the killed daemon restarts and waits for the dead member to leave the group.
+    with ThreadPoolExecutor(1) as pool, reference, crash:
+        producing = pool.submit(produce_streams, kafka_broker.bootstrap, topic, streams, counts)
         reference.start()
         for _ in range(CRASH_KILLS):
             crash.start()
             threshold = rng.randint(1_000, 25_000)  # records this process decodes first
             crash.wait_for(lambda: (crash.metric("driftline_records_consumed_total") or 0)
-                           >= threshold, 120, f"{threshold} records consumed", interval=0.05)
+                           >= threshold, 180, f"{threshold} records consumed", interval=0.05)
             time.sleep(rng.uniform(0.0, 0.5))  # land anywhere: decode, detect, SQL, commit
             consumed = crash.metric("driftline_records_consumed_total") or 0
             crash.kill()
             kills.append((int(consumed), crash.stored_windows()))
+        produced = producing.result(timeout=600)
+        t_produced = time.monotonic()
+        assert produced == sum(counts.values()) >= 200_000
         crash.start()
         crash.wait_for_windows(n_windows, 300)
         assert crash.terminate() == 0, crash.log_tail()
         t_crash_done = time.monotonic()
         expected = uninterrupted_results(tmp_path / "reference", proc=reference, counts=counts,
                                          db_url=reference.db_url, **common)
+        t_reference_done = time.monotonic()
         rows = crash.results()
         crashed_group = committed_offsets(kafka_broker.bootstrap, crash.group)
         reference_group = committed_offsets(kafka_broker.bootstrap, reference.group)
@@ -131,14 +134,15 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     duplicated = len(rows) - len(got)
     wall = time.monotonic() - t_start
     print(f"\n[crash] records produced: {produced:,} over {PARTITIONS} partitions, "
-          f"{len(streams)} models {counts}; produce took {t_produced - t_start:.1f}s")
+          f"{len(streams)} models {counts}; all acknowledged after "
+          f"{t_produced - t_start:.1f}s")
     print(f"[crash] kills: {len(kills)} (records consumed by the killed process, windows "
           f"stored at the kill): {kills}")
-    print(f"[crash] windows: {len(got) // 2} expected {n_windows}; records in stored "
-          f"windows {sum(stored.values()):,}; records lost: {lost}; duplicated window "
-          f"results: {duplicated}; differing results: see assert")
-    print(f"[crash] wall time: {wall:.1f}s (crash runs {t_crash_done - t_produced:.1f}s, "
-          f"daemon starts {crash.starts})")
+    print(f"[crash] windows stored: {len(got) // 2} of {n_windows}; records in them "
+          f"{sum(stored.values()):,}; records lost: {lost}; duplicated window results: "
+          f"{duplicated}")
+    print(f"[crash] wall time: {wall:.1f}s (crashed daemon done at {t_crash_done - t_start:.1f}s "
+          f"after {crash.starts} starts; reference done at {t_reference_done - t_start:.1f}s)")
     assert len(kills) >= 5
     assert lost == 0 and duplicated == 0
     assert len(got) == 2 * n_windows

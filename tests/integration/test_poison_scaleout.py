@@ -128,6 +128,7 @@ def read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
     """Every message on ``topic`` (read after its producer finished)."""
     ends = end_offsets(bootstrap, topic, partitions)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             check_crcs=False,  # pure-Python CRC32C: seconds per MB
                              fetch_max_bytes=MAX_MESSAGE * 2,
                              max_partition_fetch_bytes=MAX_MESSAGE)
     tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -310,10 +311,11 @@ def topics(kafka_broker) -> Iterator[Callable[..., str]]:  # type: ignore[no-unt
 
 # --- 1. poison input -----------------------------------------------------------------------
 
-POISON_WINDOW = 500
-POISON_RECORDS = 3_000  # per model
-TIME_WINDOW_S = 5.0  # the synthetic stream has 100 records/s: 500 records per time window
+POISON_WINDOW = 400
+POISON_RECORDS = 2_000  # per model
+TIME_WINDOW_S = 4.0  # the synthetic stream has 100 records/s: 400 records per time window
 POISON_SEED = 1234
+HYPOTHESIS_VALUES = 600
 
 
 def poison_models() -> list[tuple[SyntheticStream, dict[str, Any]]]:
@@ -346,28 +348,6 @@ _scalars = (st.none() | st.booleans() | st.integers()
             | st.sampled_from(["", "2025-11-23T00:00:00Z", "not a time", "\ud800", "NaN"]))
 _json = st.recursive(_scalars, lambda c: st.lists(c, max_size=4)
                      | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=16)
-
-
-def _mutations(base: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
-    """``base`` with fields replaced, deleted or added, and features replaced, by anything."""
-    fields = [*base, "input", "embedding", "extra"]
-    features = list(base["features"])
-
-    @st.composite
-    def mutate(draw: st.DrawFn) -> dict[str, Any]:
-        doc = json.loads(json.dumps(base))
-        for name in draw(st.lists(st.sampled_from(fields), min_size=1, max_size=3,
-                                  unique=True)):
-            how = draw(st.sampled_from(["replace", "delete", "feature"]))
-            if how == "delete":
-                doc.pop(name, None)
-            elif how == "feature" and isinstance(doc.get("features"), dict):
-                doc["features"][draw(st.sampled_from(features))] = draw(_json)
-            else:
-                doc[name] = draw(_json)
-        return doc
-
-    return mutate()
 
 
 def _dump(doc: Any, encoding: str = "utf-8") -> bytes:
@@ -453,15 +433,57 @@ def poison_corpus(streams: Sequence[SyntheticStream]) -> list[tuple[str, bytes |
         add(("not_an_object", tops[i % len(tops)]))
     big_doc = template()
     big_doc["extra"] = "x" * (10 << 20)
-    add(("10MB", _dump(big_doc)))
+    # One 10 MB payload goes as it is (kafka-python checksums it in pure Python, slowly),
+    # two compressible ones in gzip batches: the daemon gets 10 MB values either way.
     add(("10MB", rng.randbytes(10 << 20)))
-    add(("10MB", b"[" * (10 << 20)))
+    add(("10MB_gzip", _dump(big_doc)))
+    add(("10MB_gzip", b"[" * (10 << 20)))
     add(("oversize", _dump({**template(), "pad": "y" * (1 << 20)})))
-    harvested = [("hypothesis_json", _dump(v, rng.choice(["utf-8", "utf-8", "utf-16"])))
-                 for v in harvest(_json, 2_500)]
-    harvested += [("hypothesis_record", _dump(v))
-                  for v in harvest(_mutations(template()), 2_500)]
-    return out + harvested
+    # hypothesis supplies hostile JSON values (slowly: a few ms each on a busy machine), used
+    # as whole documents and, many times over, as the values of a valid record's fields.
+    values = harvest(_json, HYPOTHESIS_VALUES)
+    for v in values:
+        add(("hypothesis_json", _dump(v, rng.choice(["utf-8", "utf-8", "utf-16"]))))
+    fields = [*valid[0], "input", "embedding"]
+    for _ in range(3 * len(values)):
+        doc = template()
+        for name in rng.sample(fields, rng.randint(1, 3)):
+            how = rng.random()
+            if how < 0.2:
+                doc.pop(name, None)
+            elif how < 0.6 and isinstance(doc.get("features"), dict) and doc["features"]:
+                doc["features"][rng.choice(list(doc["features"]))] = rng.choice(values)
+            else:
+                doc[name] = rng.choice(values)
+        add(("hypothesis_record", _dump(doc)))
+    return out
+
+
+def produce_plan(bootstrap: str, topic: str, plan: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Send (category, key, value, partition, reason) in order; returns them with their
+    RecordMetadata. Categories ending in "_gzip" go in gzip batches (a second producer,
+    flushed around them, so the order on every partition is the plan's)."""
+    plain = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                          batch_size=512 * 1024, max_request_size=MAX_MESSAGE)
+    gzip = KafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type="gzip",
+                         max_request_size=MAX_MESSAGE)
+    try:
+        futures = []
+        for category, key, value, part, reason in plan:
+            if category.endswith("_gzip"):
+                plain.flush()
+                producer = gzip
+            else:
+                producer = plain
+            fut = producer.send(topic, key=key, value=value, partition=part)
+            if producer is gzip or category == "10MB":
+                producer.flush()
+            futures.append((category, key, value, reason, fut))
+        plain.flush()
+        return [(c, k, v, r, f.get(timeout=60)) for c, k, v, r, f in futures]
+    finally:
+        plain.close(timeout=10)
+        gzip.close(timeout=10)
 
 
 def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
@@ -486,7 +508,8 @@ def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
             return f"<{type(exc).__name__}>"
         return None
 
-    corpus = [(c, v) for c, v in poison_corpus(streams) if reject_reason(v) is not None]
+    corpus = [(c, v, r) for c, v in poison_corpus(streams)
+              if (r := reject_reason(v)) is not None]
     valid_by_model = {s.model: list(s.encoded(POISON_RECORDS)) for s in streams}
     # Late records: valid in themselves, but for the time-windowed model's first window,
     # placed after its later records closed that window.
@@ -506,7 +529,7 @@ def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
     n_poison = len(corpus) + len(late)
     Planned = tuple[str, bytes | None, bytes | None, int | None, str | None]
     base: list[Planned] = []
-    late_at = 1_500  # the time model's record index after which late records are placed
+    late_at = 1_000  # the time model's record index after which late records are placed
     for i in range(POISON_RECORDS):
         for s in streams:
             base.append(("valid", s.model.encode(), valid_by_model[s.model][i], None, None))
@@ -514,44 +537,21 @@ def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
                 model, value = late.pop()
                 base.append(("late", model.encode(), value, None, "late"))
     assert not late
-    insert_at: dict[int, list[tuple[str, bytes | None]]] = defaultdict(list)
+    insert_at: dict[int, list[tuple[str, bytes | None, str]]] = defaultdict(list)
     for item in corpus:
         insert_at[rng.randrange(len(base) + 1)].append(item)
     plan: list[Planned] = []
     for j in range(len(base) + 1):
-        for category, value in insert_at.get(j, ()):
+        for category, value, reason in insert_at.get(j, ()):
             how = rng.random()
             key = (rng.choice(streams).model.encode() if how < 0.6
                    else None if how < 0.8 else rng.randbytes(8))
             part = rng.randrange(PARTITIONS) if 0.7 <= how < 0.8 else None
-            plan.append((category, key, value, part, reject_reason(value)))
+            if value is None and key is None:  # Kafka needs a key or a value
+                key = b"tombstone"
+            plan.append((category, key, value, part, reason))
         if j < len(base):
             plan.append(base[j])
-
-    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all",
-                             linger_ms=20, batch_size=512 * 1024, max_request_size=MAX_MESSAGE,
-                             buffer_memory=96 << 20)
-    futures = []
-    for category, key, value, part, reason in plan:
-        fut = producer.send(poisoned, key=key, value=value, partition=part)
-        futures.append((category, key, value, reason, fut))
-        if category == "10MB":
-            producer.flush()
-    producer.flush()
-    sent = [(c, k, v, r, f.get(timeout=60)) for c, k, v, r, f in futures]
-    for i in range(POISON_RECORDS):
-        for s in streams:
-            producer.send(clean, key=s.model.encode(), value=valid_by_model[s.model][i])
-    producer.flush()
-    producer.close()
-    t_produce = time.monotonic() - t_start - t_gen
-
-    valid_meta = defaultdict(list)  # model -> [(partition, offset)] in order
-    for c, k, _v, _r, meta in sent:
-        if c == "valid":
-            valid_meta[k.decode()].append((meta.partition, meta.offset))
-    poison_sent = [(c, k, v, r, meta) for c, k, v, r, meta in sent if c != "valid"]
-    assert len(poison_sent) == n_poison >= 10_000
 
     # Expected windows: count windows close every POISON_WINDOW records; the time model's
     # last window stays open (no later record arrives).
@@ -563,10 +563,20 @@ def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
     d_clean = Daemon(tmp_path, "clean", bootstrap=kafka_broker.bootstrap, topic=clean,
                      group=f"g-{clean}", dead_letter_topic=clean_dlq,
                      db_url=make_db("clean"), models=model_docs)
+    both = [d_poison, d_clean]
     try:
-        d_poison.start()
-        d_clean.start()
-        both = [d_poison, d_clean]
+        for d in both:  # they start up (imports, group join) while the records are produced
+            d.start()
+        sent = produce_plan(kafka_broker.bootstrap, poisoned, plan)
+        produce_plan(kafka_broker.bootstrap, clean, [p for p in plan if p[0] == "valid"])
+        t_produce = time.monotonic() - t_start - t_gen
+        valid_meta = defaultdict(list)  # model -> [(partition, offset)] in order
+        for c, k, _v, _r, meta in sent:
+            if c == "valid":
+                valid_meta[k.decode()].append((meta.partition, meta.offset))
+        poison_sent = [(c, k, v, r, meta) for c, k, v, r, meta in sent if c != "valid"]
+        assert len(poison_sent) == n_poison >= 10_000
+
         wait_until(lambda: len({(r["model"], r["window_index"])
                                 for r in stored(d_clean.db_url)}) == expected_windows,
                    150, "the clean run's windows", both, interval=1)
@@ -585,8 +595,8 @@ def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
         assert codes == {"poisoned": 0, "clean": 0}, "\n".join(d.log_tail() for d in both)
         assert "stopped cleanly" in d_poison.log_text()
     finally:
-        d_poison.kill()
-        d_clean.kill()
+        for d in both:
+            d.kill()
     t_run = time.monotonic() - t_start - t_gen - t_produce
 
     # 1. every poison record on the dead-letter topic exactly once, where it came from
