@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,7 @@ class DetectorInfo:
         correction), ``False`` for distances compared with a ``threshold``.
     """
 
-    cls: type
+    cls: type[Any]
     feature_types: frozenset[str]
     has_p_value: bool
 

@@ -43,10 +43,9 @@ def numpy_counts(ref: np.ndarray, cur: np.ndarray, bins: int) -> tuple[np.ndarra
         ordered = np.sort(ref.astype(np.float64))
         n = ordered.size
         ecdf = np.searchsorted(ordered, ordered, side="right")
-        edges = []
-        for j in range(1, bins):
-            edges.append(ordered[np.argmax(ecdf * bins >= j * n)])  # F(x) >= j / bins
-        edges = np.unique(edges)
+        # smallest x with F(x) >= j / bins
+        levels = [ordered[np.argmax(ecdf * bins >= j * n)] for j in range(1, bins)]
+        edges = np.unique(levels)
         if edges[0] == ordered[0]:
             edges = np.r_[np.nextafter(ordered[0], -np.inf), edges]
         # right=True: edges[i-1] < x <= edges[i] -> i

@@ -43,7 +43,7 @@ def test_kinds_table() -> None:
     assert set(KINDS) == set(expected)
     for kind, info in KINDS.items():
         cls, types, has_p_value = expected[kind]
-        assert isinstance(info, DetectorInfo) and info.cls is cls and cls.name == kind
+        assert isinstance(info, DetectorInfo) and info.cls is cls and info.cls.name == kind
         assert info.feature_types == frozenset(types) and isinstance(info.feature_types, frozenset)
         assert info.has_p_value is has_p_value
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -70,11 +70,12 @@ def test_build_every_kind(kind: str) -> None:
 
 
 def test_build_passes_parameters_and_rejects_unknown_ones() -> None:
-    assert build("psi", NUMERIC, threshold=0.3, bins=4).threshold == 0.3
-    assert build("ks", NUMERIC, alpha=0.01).alpha == 0.01
-    assert build("psi", {"c": np.arange(30) % 3}, feature_type="categorical").feature_types == {
-        "c": "categorical"
-    }
+    psi = build("psi", NUMERIC, threshold=0.3, bins=4)
+    assert isinstance(psi, PSIDetector) and (psi.threshold, psi.bins) == (0.3, 4)
+    ks = build("ks", NUMERIC, alpha=0.01)
+    assert isinstance(ks, KSDetector) and ks.alpha == 0.01
+    codes = build("psi", {"c": np.arange(30) % 3}, feature_type="categorical")
+    assert isinstance(codes, PSIDetector) and codes.feature_types == {"c": "categorical"}
     with pytest.raises(TypeError, match="threshold"):
         build("ks", NUMERIC, threshold=0.1)
     with pytest.raises(TypeError, match="alpha"):

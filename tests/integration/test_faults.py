@@ -16,6 +16,7 @@ Run with `-s` to see the figures each test prints.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import uuid
@@ -25,11 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from integration.daemon_proc import (
     DaemonProc,
     assert_same_results,
-    comparable,
     committed_offsets,
+    comparable,
     end_offsets,
     full_windows,
     make_streams,
@@ -74,7 +76,7 @@ def _check_windows(rows: list[dict], counts: dict[str, int], window: int) -> dic
         # a model lives on one partition: consecutive windows hold disjoint, rising offsets
         spans = [next(iter(got[i]["offsets"].values())) for i in sorted(got)]
         assert all(len(got[i]["offsets"]) == 1 for i in got)
-        assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), f"{model}: {spans}"
+        assert all(a[1] < b[0] for a, b in itertools.pairwise(spans)), f"{model}: {spans}"
     return stored
 
 
@@ -150,3 +152,148 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     assert_same_results(got, expected)
     # both groups end where the last open window of each partition begins
     assert crashed_group == reference_group, (crashed_group, reference_group)
+
+
+# --- 2. and 3. outages ---------------------------------------------------------------------
+
+OUTAGE_WINDOW = 1_000
+OUTAGE_RECORDS = 12_000  # per model: 12 windows each, 48 in all
+HALF = OUTAGE_RECORDS // 2  # produced before the outage; the rest after (broker) or during
+
+
+def _outage_workload() -> tuple[list, dict[str, int]]:
+    streams = make_streams(4, partitions=PARTITIONS, drift_at=8_000)
+    return streams, {s.model: OUTAGE_RECORDS for s in streams}
+
+
+@pytest.mark.timeout(600)
+def test_broker_outage_keeps_metrics_up_and_changes_no_result(
+        kafka_broker, kafka_topic, fresh_db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    t_start = time.monotonic()
+    streams, counts = _outage_workload()
+    topic = kafka_topic(PARTITIONS)
+    common = dict(bootstrap=kafka_broker.bootstrap, topic=topic, streams=streams,
+                  window=OUTAGE_WINDOW)
+    n_windows = full_windows(counts, OUTAGE_WINDOW)
+    produce_streams(kafka_broker.bootstrap, topic, streams, counts, stop=HALF)
+    with DaemonProc(tmp_path / "outage", db_url=fresh_db("broker"), **common) as d:
+        d.start()
+        d.wait_for_windows(8, 120)
+        before = d.stored_windows()
+        last_commit = d.metric("driftline_last_commit_timestamp_seconds")
+        t_stop = t_down = time.monotonic()
+        try:
+            kafka_broker.stop()
+            t_down = time.monotonic()
+            waited = d.wait_for(lambda: d.metric("driftline_source_connected") == 0, 60,
+                                "driftline_source_connected to drop to 0")
+            d.wait_for(lambda: d.http_status("/readyz") == 503, 30, "/readyz to answer 503")
+            d.wait_for(lambda: "source unreachable" in d.log_text(), 30,
+                       "the 'source unreachable' log line")
+            checks = 0
+            while time.monotonic() - t_down < OUTAGE_S:  # stays down; the daemon stays up
+                assert d.alive, d.log_tail()
+                assert d.http_status("/metrics") == 200
+                assert d.metric("driftline_source_connected") == 0
+                assert d.http_status("/readyz") == 503
+                assert d.http_status("/healthz") == 200, "the loop must stay live"
+                checks += 1
+                time.sleep(1.0)
+            # nothing read, so nothing committed while the broker was away
+            assert d.metric("driftline_last_commit_timestamp_seconds") == last_commit
+        finally:
+            t_up_call = time.monotonic()
+            if not kafka_broker.running:
+                kafka_broker.start()
+        outage = t_up_call - t_down
+        t_up = time.monotonic()
+        produce_streams(kafka_broker.bootstrap, topic, streams, counts, start=HALF)
+        reconnect = d.wait_for(lambda: d.metric("driftline_source_connected") == 1, 120,
+                               "driftline_source_connected to return to 1")
+        d.wait_for(lambda: d.http_status("/readyz") == 200, 60, "/readyz to answer 200 again")
+        d.wait_for_windows(n_windows, 180)
+        t_caught_up = time.monotonic()
+        commit_errors = d.metric("driftline_commit_errors_total")
+        assert "source reachable again" in d.log_text()
+        assert d.terminate() == 0, d.log_tail()
+        assert d.starts == 1  # one process rode out the outage
+        rows = d.results()
+    expected = uninterrupted_results(tmp_path / "reference", db_url=fresh_db("broker_ref"),
+                                     counts=counts, **common)
+    print(f"\n[broker] {sum(counts.values()):,} records, {n_windows} windows; {before} stored "
+          f"before the broker stopped (stop took {t_down - t_stop:.1f}s)")
+    print(f"[broker] outage {outage:.1f}s: source_connected=0 after {waited:.1f}s, "
+          f"{checks} checks of /metrics (200), /readyz (503), /healthz (200); commit errors "
+          f"{commit_errors}")
+    print(f"[broker] broker start took {t_up - t_up_call:.1f}s; daemon reconnected "
+          f"{reconnect:.1f}s after the rest was produced, all windows stored "
+          f"{t_caught_up - t_up:.1f}s after the broker was back; "
+          f"wall {time.monotonic() - t_start:.1f}s")
+    assert outage >= OUTAGE_S
+    assert_same_results(comparable(rows), expected)
+
+
+@pytest.mark.timeout(600)
+def test_database_outage_commits_nothing_and_changes_no_result(
+        kafka_broker, postgres_server, kafka_topic, fresh_db,
+        tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    t_start = time.monotonic()
+    streams, counts = _outage_workload()
+    topic = kafka_topic(PARTITIONS)
+    bootstrap = kafka_broker.bootstrap
+    common = dict(bootstrap=bootstrap, topic=topic, streams=streams, window=OUTAGE_WINDOW)
+    n_windows = full_windows(counts, OUTAGE_WINDOW)
+    produce_streams(bootstrap, topic, streams, counts, stop=HALF)
+    first_half_ends = end_offsets(bootstrap, topic, PARTITIONS)
+    with DaemonProc(tmp_path / "outage", db_url=fresh_db("pgdown"), **common) as d:
+        d.start()
+        d.wait_for_windows(n_windows // 2, 120)  # the first half fills windows exactly...
+        d.wait_for(lambda: committed_offsets(bootstrap, d.group) == first_half_ends, 60,
+                   "the first half to be committed")  # ...so all of it is committed
+        errors0 = d.metric("driftline_sink_errors_total", sink="sql") or 0.0
+        samples: list[dict[int, int]] = []
+        t_down = time.monotonic()
+        try:
+            postgres_server.stop()
+            t_down = time.monotonic()
+            # windows close while the database is down
+            produce_streams(bootstrap, topic, streams, counts, start=HALF)
+            waited = d.wait_for(
+                lambda: (d.metric("driftline_sink_errors_total", sink="sql") or 0) > errors0,
+                60, 'driftline_sink_errors_total{sink="sql"} to increase')
+            d.wait_for(lambda: d.http_status("/readyz") == 503, 30, "/readyz to answer 503")
+            while time.monotonic() - t_down < OUTAGE_S:
+                assert d.alive, d.log_tail()
+                committed = committed_offsets(bootstrap, d.group)
+                samples.append(committed)
+                assert committed == first_half_ends, \
+                    f"committed offsets moved while SQL writes failed: {committed}"
+                assert d.http_status("/readyz") == 503
+                assert d.http_status("/healthz") == 200, "retrying must keep the loop live"
+                time.sleep(1.0)
+            sink_errors = (d.metric("driftline_sink_errors_total", sink="sql") or 0) - errors0
+        finally:
+            t_up_call = time.monotonic()
+            if not postgres_server.running:
+                postgres_server.start()
+        outage = t_up_call - t_down
+        t_up = time.monotonic()
+        d.wait_for_windows(n_windows, 180)
+        t_caught_up = time.monotonic()
+        d.wait_for(lambda: d.http_status("/readyz") == 200, 60, "/readyz to answer 200 again")
+        d.wait_for(lambda: committed_offsets(bootstrap, d.group)
+                   == end_offsets(bootstrap, topic, PARTITIONS), 60, "everything committed")
+        assert d.terminate() == 0, d.log_tail()
+        assert d.starts == 1
+        rows = d.results()
+    expected = uninterrupted_results(tmp_path / "reference", db_url=fresh_db("pgdown_ref"),
+                                     counts=counts, **common)
+    print(f"\n[storage] {sum(counts.values()):,} records, {n_windows} windows; first half "
+          f"stored and committed {first_half_ends} before PostgreSQL stopped")
+    print(f"[storage] outage {outage:.1f}s: first sql sink error {waited:.1f}s in, "
+          f"{sink_errors:.0f} sql sink errors; committed offsets sampled {len(samples)} times, "
+          f"never moved; PostgreSQL start took {t_up - t_up_call:.1f}s")
+    print(f"[storage] all windows stored {t_caught_up - t_up:.1f}s after PostgreSQL was back; "
+          f"wall {time.monotonic() - t_start:.1f}s")
+    assert outage >= OUTAGE_S and sink_errors >= 1 and len(samples) >= 5
+    assert_same_results(comparable(rows), expected)
