@@ -201,10 +201,12 @@ class BinnedDetector:
         }
 
     def __repr__(self) -> str:
+        epsilon = getattr(self, "epsilon", None)
         return (
             f"{type(self).__name__}(features={list(self.features)!r}, "
             f"threshold={self.threshold}, bins={self.bins}, "
-            f"feature_type={self.feature_type!r}, min_samples={self.min_samples})"
+            + (f"epsilon={epsilon}, " if epsilon is not None else "")
+            + f"feature_type={self.feature_type!r}, min_samples={self.min_samples})"
         )
 
     def _statistic(self, reference: np.ndarray, current: np.ndarray) -> float:

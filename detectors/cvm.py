@@ -50,6 +50,7 @@ class _SortedReferenceTest:
     """Shared constructor and ``test`` loop of the two rank tests."""
 
     name = ""
+    _max_alpha = 1.0  # largest alpha whose rejections still mean something
 
     def __init__(
         self,
@@ -63,6 +64,11 @@ class _SortedReferenceTest:
             alpha, correction, min_samples
         )
         check_min_samples(self.min_samples, lowest=2)  # both statistics need 2 per sample
+        if self.alpha > self._max_alpha:
+            raise ValueError(
+                f"alpha must be <= {self._max_alpha} for {self.name} "
+                f"(its p-values are capped there), got {alpha!r}"
+            )
         columns = reference_columns(reference, NUMERIC_KINDS, self.min_samples)
         self.features: tuple[str, ...] = tuple(columns)
         self._sorted: dict[str, np.ndarray] = {}
@@ -183,8 +189,8 @@ class AndersonDarlingDetector(_SortedReferenceTest):
         Feature name -> 1-D numeric array (bool, int or float; NaN and inf rejected).
         Each column is sorted once, here; the caller's arrays are not modified.
     alpha : float, default 0.05
-        Significance level in (0, 1), applied to the adjusted p-values. Must lie within
-        [0.001, 0.25] to be meaningful (see Notes).
+        Significance level in (0, 0.25], applied to the adjusted p-values: p-values are
+        capped at 0.25, so a larger ``alpha`` would flag every feature (see Notes).
     correction : {"bonferroni", "benjamini-hochberg", "none"}, default "bonferroni"
         Multiple-testing correction across the features.
     min_samples : int, default 2
@@ -230,6 +236,7 @@ class AndersonDarlingDetector(_SortedReferenceTest):
     """
 
     name = "anderson"
+    _max_alpha = _AD_P_MAX
 
     def _statistics(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         statistics = np.empty(len(self.features))

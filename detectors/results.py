@@ -44,14 +44,16 @@ class DriftResult:
     Attributes
     ----------
     detector : str
-        Detector name (``"ks"`` or ``"chi2"``).
+        Detector name, a key of :data:`detectors.registry.KINDS` (or ``"performance"``,
+        ``"label_chi2"``, ``"prediction_chi2"`` for the label detectors).
     statistic : float
         Largest per-feature statistic (``nan`` when the window could not be tested).
     p_value : float or None
         Smallest *adjusted* per-feature p-value; ``None`` when the window could not be
-        tested.
+        tested, and always for distance detectors (psi, kl, js, wasserstein).
     threshold : float
-        Significance level ``alpha`` the adjusted p-values are compared with.
+        For tests, the significance level ``alpha`` the adjusted p-values are compared
+        with; for distances, the distance above which a feature counts as drifted.
     drifted : bool
         ``True`` when any feature drifted.
     n_reference, n_current : int

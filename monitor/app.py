@@ -70,8 +70,6 @@ def build_daemon(
 ) -> Daemon:
     """Wire the daemon. ``source``/``dead_letter`` default to Kafka from the settings."""
     metrics = metrics or Metrics()
-    store = SqlStore(settings.storage.url)
-    store.create_schema()
 
     def restore() -> StoredState:
         offsets, last = {}, {}
@@ -90,6 +88,10 @@ def build_daemon(
             StreamState(ModelEvaluator(m, reference), new_windows(None), new_windows),
             _label_stream(m) if m.labels is not None else None)
         schemas[m.name] = ModelSchema(kinds)
+
+    # Only now touch the database: bad references fail first and leave no file behind.
+    store = SqlStore(settings.storage.url)
+    store.create_schema()
 
     if source is None or dead_letter is None:
         from monitor.kafka_io import KafkaDeadLetter, KafkaSource

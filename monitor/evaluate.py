@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detectors import ChiSquareDetector, Detector, DriftResult, KSDetector
+from detectors import Detector, DriftResult
+from detectors.registry import KINDS, build, choose
 from monitor.schema import FeatureKind
 from monitor.settings import DetectorSettings, ModelSettings
 from monitor.windows import ClosedWindow, TopicPartition
@@ -31,13 +32,14 @@ class WindowReport:
     stream: str = "features"  # or "labels": windows of joined (label, prediction) pairs
 
 
-_KIND_FOR = {"ks": "numeric", "chi2": "categorical"}
-
-
-def default_detectors(model: ModelSettings) -> tuple[DetectorSettings, ...]:
-    """ks over numeric features and chi2 over categorical ones, where there are any."""
-    kinds = {f.type for f in model.features}
-    return tuple(DetectorSettings(kind=k) for k in ("ks", "chi2") if _KIND_FOR[k] in kinds)
+def default_detectors(model: ModelSettings,
+                      reference: Mapping[str, np.ndarray]) -> tuple[DetectorSettings, ...]:
+    """One detector per kind that :func:`detectors.registry.choose` picks for a feature."""
+    chosen: dict[str, list[str]] = {}
+    for f in model.features:
+        chosen.setdefault(choose(f.type, len(reference[f.name])), []).append(f.name)
+    return tuple(DetectorSettings(kind=k, features=tuple(v))  # type: ignore[arg-type]
+                 for k, v in chosen.items())
 
 
 class ModelEvaluator:
@@ -47,14 +49,15 @@ class ModelEvaluator:
         self.model = model.name
         self.features: dict[str, FeatureKind] = {f.name: f.type for f in model.features}
         self.detectors: list[tuple[Detector, tuple[str, ...]]] = []
-        for spec in model.detectors or default_detectors(model):
+        for spec in model.detectors or default_detectors(model, reference):
+            info = KINDS[spec.kind]
             names = spec.features or tuple(
-                n for n, k in self.features.items() if k == _KIND_FOR[spec.kind])
-            ref = {n: reference[n] for n in names}
-            kwargs = {"alpha": spec.alpha or model.alpha,
-                      "correction": spec.correction or model.correction}
-            det: Detector = (KSDetector(ref, **kwargs) if spec.kind == "ks"
-                             else ChiSquareDetector(ref, **kwargs))
+                n for n, k in self.features.items() if k in info.feature_types)
+            params: dict[str, object] = (
+                {"alpha": spec.alpha or model.alpha,
+                 "correction": spec.correction or model.correction} if info.has_p_value
+                else {} if spec.threshold is None else {"threshold": spec.threshold})
+            det = build(spec.kind, {n: reference[n] for n in names}, **params)
             self.detectors.append((det, names))
 
     @property

@@ -3,7 +3,8 @@
 Environment variables named ``DRIFTLINE__KEY__SUBKEY`` override ``key.subkey`` in the file
 (``DRIFTLINE__MODELS__0__ALPHA=0.01`` reaches into lists by index). Values are parsed as YAML
 scalars, so ``true``, ``10`` and ``[a, b]`` work. This is the only module that reads
-``os.environ``. Relative paths in the file resolve against the file's folder.
+``os.environ``. Relative reference paths resolve against the file's folder (a relative
+SQLite path in ``storage.url`` against the working directory, as SQLAlchemy does).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from detectors.registry import KINDS
 from monitor.errors import ConfigError
 
 ENV_PREFIX = "DRIFTLINE__"
@@ -48,12 +50,27 @@ Window = Annotated[CountWindow | TimeWindow, Field(discriminator="kind")]
 Correction = Literal["bonferroni", "benjamini-hochberg", "none"]
 
 
+DetectorKind = Literal["ks", "chi2", "cvm", "anderson", "psi", "kl", "js", "wasserstein"]
+
+
 class DetectorSettings(_Strict):
-    kind: Literal["ks", "chi2"]
+    kind: DetectorKind
     features: tuple[str, ...] | None = Field(
-        default=None, description="Features to test; default: every feature of the right type.")
+        default=None, description="Features to test; default: every feature of a type the "
+        "detector supports.")
     alpha: float | None = Field(default=None, gt=0, lt=1)
     correction: Correction | None = None
+    threshold: float | None = Field(
+        default=None, gt=0, description="Distance detectors (psi, kl, js, wasserstein) only.")
+
+    @model_validator(mode="after")
+    def _params_fit_kind(self) -> DetectorSettings:
+        info = KINDS[self.kind]
+        if info.has_p_value and self.threshold is not None:
+            raise ValueError(f"'{self.kind}' is a test with a p-value: set alpha, not threshold")
+        if not info.has_p_value and (self.alpha is not None or self.correction is not None):
+            raise ValueError(f"'{self.kind}' is a distance: set threshold, not alpha/correction")
+        return self
 
 
 class ReferenceSettings(_Strict):
@@ -106,22 +123,26 @@ class ModelSettings(_Strict):
     @model_validator(mode="after")
     def _detector_features_exist(self) -> ModelSettings:
         kinds = {f.name: f.type for f in self.features}
-        wanted = {"ks": "numeric", "chi2": "categorical"}
         seen: set[str] = set()
         for i, det in enumerate(self.detectors or ()):
             if det.kind in seen:
                 raise ValueError(f"detectors[{i}]: detector '{det.kind}' is listed twice")
             seen.add(det.kind)
-            if det.features is None and not any(k == wanted[det.kind] for k in kinds.values()):
-                raise ValueError(f"detectors[{i}] ({det.kind}) has no {wanted[det.kind]} "
-                                 "features to test")
+            alpha = det.alpha or self.alpha
+            if det.kind == "anderson" and not 0.001 < alpha <= 0.25:
+                raise ValueError(f"detectors[{i}] (anderson): its p-values lie in [0.001, "
+                                 f"0.25], so alpha must be in (0.001, 0.25], got {alpha}")
+            supported = KINDS[det.kind].feature_types
+            if det.features is None and not any(k in supported for k in kinds.values()):
+                raise ValueError(f"detectors[{i}] ({det.kind}) has no "
+                                 f"{' or '.join(sorted(supported))} features to test")
             for name in det.features or ():
                 if name not in kinds:
                     raise ValueError(f"detectors[{i}] names unknown feature '{name}'")
-                if kinds[name] != wanted[det.kind]:
+                if kinds[name] not in supported:
                     raise ValueError(
-                        f"detectors[{i}] ({det.kind}) needs {wanted[det.kind]} features, "
-                        f"'{name}' is {kinds[name]}")
+                        f"detectors[{i}] ({det.kind}) needs {' or '.join(sorted(supported))} "
+                        f"features, '{name}' is {kinds[name]}")
         return self
 
 

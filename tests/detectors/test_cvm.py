@@ -197,6 +197,12 @@ def test_options_and_correction(cls) -> None:
         assert r.p_value == b.p_value and b.adjusted_p_value == min(1.0, 4 * r.p_value)
     with pytest.raises(ValueError, match="alpha"):
         cls(ref, alpha=1.5)
+    if cls is AndersonDarlingDetector:  # p-values capped at 0.25: a larger alpha flags all
+        assert cls(ref, alpha=0.25).alpha == 0.25
+        with pytest.raises(ValueError, match=r"alpha must be <= 0\.25"):
+            cls(ref, alpha=0.3)
+    else:
+        assert cls(ref, alpha=0.3).alpha == 0.3
     with pytest.raises(ValueError, match="correction"):
         cls(ref, correction="holm")
     with pytest.raises(TypeError, match="'f0'"):

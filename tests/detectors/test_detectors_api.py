@@ -38,7 +38,8 @@ def test_all_is_complete_and_resolvable() -> None:
         if not name.startswith("_") and not inspect.ismodule(value) and name != "annotations"
     }
     assert public == set(detectors.__all__)
-    for module in ("base", "chisquare", "correction", "errors", "ks", "results"):
+    for module in ("base", "bbse", "chisquare", "correction", "errors", "ks", "label",
+                   "results", "streaming"):
         assert set(getattr(detectors, module).__all__) <= set(detectors.__all__), module
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,6 +56,8 @@ REFERENCE_ROWS = 5_000
 #: is 45 s: after a SIGKILL the group waits that long for the dead member before the
 #: restarted daemon gets its partitions. 6 s is the broker's minimum.
 FAST_GROUP = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000}
+
+_KAFKA_LOGGER = re.compile(r"^\S+ \S+ [A-Z]+ kafka[.:]")  # "date time LEVEL kafka.x: ..."
 
 ResultKey = tuple[str, int, str]  # (model, window_index, detector)
 #: The stored fields that must not change across crashes and outages (not evaluated_at).
@@ -251,8 +254,12 @@ class DaemonProc:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+    def log_tail(self, lines: int = 60, kafka: bool = False) -> str:
+        """The last ``lines`` log lines; kafka-python's own lines (a flood of connection
+        errors during an outage) only with ``kafka``."""
+        kept = [ln for ln in self.log_text().splitlines()
+                if kafka or not _KAFKA_LOGGER.match(ln)]
+        return "\n".join(kept[-lines:])
 
     def http_status(self, path: str) -> int | None:
         """The HTTP status of GET ``path`` (None: no answer)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import resource
 import time
 import uuid
 from collections import defaultdict
@@ -80,6 +81,12 @@ def _check_windows(rows: list[dict], counts: dict[str, int], window: int) -> dic
     return stored
 
 
+def _cpu() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its waited-for children."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
 # --- 1. crash ------------------------------------------------------------------------------
 
 CRASH_WINDOW = 2_500
@@ -91,6 +98,7 @@ CRASH_SEED = 20_251_123
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(
         kafka_broker, kafka_topic, fresh_db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     t_start = time.monotonic()
+    cpu_start = _cpu()
     streams = make_streams(4, partitions=PARTITIONS, drift_at=30_000)
     counts = {s.model: 50_000 + 700 * i for i, s in enumerate(streams)}  # 204,200 records
     topic = kafka_topic(PARTITIONS)
@@ -143,8 +151,11 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     print(f"[crash] windows stored: {len(got) // 2} of {n_windows}; records in them "
           f"{sum(stored.values()):,}; records lost: {lost}; duplicated window results: "
           f"{duplicated}")
+    cpu_self, cpu_children = (b - a for a, b in zip(cpu_start, _cpu(), strict=True))
     print(f"[crash] wall time: {wall:.1f}s (crashed daemon done at {t_crash_done - t_start:.1f}s "
-          f"after {crash.starts} starts; reference done at {t_reference_done - t_start:.1f}s)")
+          f"after {crash.starts} starts; reference done at {t_reference_done - t_start:.1f}s); "
+          f"CPU: {cpu_self:.0f}s generating/producing/polling, {cpu_children:.0f}s in the "
+          f"{crash.starts + reference.starts} daemon processes (the broker's not counted)")
     assert len(kills) >= 5
     assert lost == 0 and duplicated == 0
     assert len(got) == 2 * n_windows
@@ -176,36 +187,45 @@ def test_broker_outage_keeps_metrics_up_and_changes_no_result(
                   window=OUTAGE_WINDOW)
     n_windows = full_windows(counts, OUTAGE_WINDOW)
     produce_streams(kafka_broker.bootstrap, topic, streams, counts, stop=HALF)
+    problems: list[str] = []  # what went wrong during the outage, reported at the very end
     with DaemonProc(tmp_path / "outage", db_url=fresh_db("broker"), **common) as d:
         d.start()
-        d.wait_for_windows(8, 120)
+        d.wait_for_windows(4, 120)  # mid-stream: the first half holds 24 windows
         before = d.stored_windows()
-        last_commit = d.metric("driftline_last_commit_timestamp_seconds")
+        consumed = d.metric("driftline_records_consumed_total")
         t_stop = t_down = time.monotonic()
+        seen: dict[str, float] = {}  # condition -> seconds into the outage it was first seen
+        polls = metrics_ok = healthz_ok = 0
         try:
             kafka_broker.stop()
             t_down = time.monotonic()
-            waited = d.wait_for(lambda: d.metric("driftline_source_connected") == 0, 60,
-                                "driftline_source_connected to drop to 0")
-            d.wait_for(lambda: d.http_status("/readyz") == 503, 30, "/readyz to answer 503")
-            d.wait_for(lambda: "source unreachable" in d.log_text(), 30,
-                       "the 'source unreachable' log line")
-            checks = 0
-            while time.monotonic() - t_down < OUTAGE_S:  # stays down; the daemon stays up
+            # Everything below must be seen while the broker is still down (>= 20 s).
+            while time.monotonic() - t_down < OUTAGE_S:
                 assert d.alive, d.log_tail()
-                assert d.http_status("/metrics") == 200
-                assert d.metric("driftline_source_connected") == 0
-                assert d.http_status("/readyz") == 503
-                assert d.http_status("/healthz") == 200, "the loop must stay live"
-                checks += 1
-                time.sleep(1.0)
-            # nothing read, so nothing committed while the broker was away
-            assert d.metric("driftline_last_commit_timestamp_seconds") == last_commit
+                polls += 1
+                at = time.monotonic() - t_down
+                status = d.http_status("/metrics")
+                metrics_ok += status == 200
+                healthz_ok += d.http_status("/healthz") == 200
+                if d.metric("driftline_source_connected") == 0:
+                    seen.setdefault("source_connected=0", at)
+                if d.http_status("/readyz") == 503:
+                    seen.setdefault("/readyz 503", at)
+                if "source unreachable" in d.log_text():
+                    seen.setdefault("'source unreachable' logged", at)
+                time.sleep(0.5)
         finally:
             t_up_call = time.monotonic()
             if not kafka_broker.running:
                 kafka_broker.start()
         outage = t_up_call - t_down
+        for what in ("source_connected=0", "/readyz 503", "'source unreachable' logged"):
+            if what not in seen:
+                problems.append(f"{what}: not seen during the {outage:.1f}s broker outage")
+        if metrics_ok != polls:
+            problems.append(f"/metrics answered {metrics_ok} of {polls} requests")
+        if healthz_ok != polls:
+            problems.append(f"/healthz answered 200 to {healthz_ok} of {polls} requests")
         t_up = time.monotonic()
         produce_streams(kafka_broker.bootstrap, topic, streams, counts, start=HALF)
         reconnect = d.wait_for(lambda: d.metric("driftline_source_connected") == 1, 120,
@@ -218,19 +238,23 @@ def test_broker_outage_keeps_metrics_up_and_changes_no_result(
         assert d.terminate() == 0, d.log_tail()
         assert d.starts == 1  # one process rode out the outage
         rows = d.results()
+        log = d.log_tail(25)
     expected = uninterrupted_results(tmp_path / "reference", db_url=fresh_db("broker_ref"),
                                      counts=counts, **common)
-    print(f"\n[broker] {sum(counts.values()):,} records, {n_windows} windows; {before} stored "
-          f"before the broker stopped (stop took {t_down - t_stop:.1f}s)")
-    print(f"[broker] outage {outage:.1f}s: source_connected=0 after {waited:.1f}s, "
-          f"{checks} checks of /metrics (200), /readyz (503), /healthz (200); commit errors "
-          f"{commit_errors}")
+    print(f"\n[broker] {sum(counts.values()):,} records, {n_windows} windows; at the stop "
+          f"{before} windows stored, {consumed} records consumed (stop took "
+          f"{t_down - t_stop:.1f}s)")
+    print(f"[broker] outage {outage:.1f}s; first seen (s into the outage): {seen}; "
+          f"/metrics 200 {metrics_ok}/{polls}, /healthz 200 {healthz_ok}/{polls}; "
+          f"commit errors {commit_errors}")
     print(f"[broker] broker start took {t_up - t_up_call:.1f}s; daemon reconnected "
           f"{reconnect:.1f}s after the rest was produced, all windows stored "
           f"{t_caught_up - t_up:.1f}s after the broker was back; "
           f"wall {time.monotonic() - t_start:.1f}s")
     assert outage >= OUTAGE_S
     assert_same_results(comparable(rows), expected)
+    assert not problems, "during the broker outage:\n" + "\n".join(problems) + \
+        f"\ndaemon log (driftline lines):\n{log}"
 
 
 @pytest.mark.timeout(600)

@@ -24,6 +24,7 @@ import os
 import random
 import re
 import signal
+import threading
 import subprocess
 import sys
 import time
@@ -232,14 +233,15 @@ class Daemon:
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               daemons: Sequence[Daemon] = (), interval: float = 0.25) -> float:
+               daemons: Sequence[Daemon] = (), interval: float = 0.25,
+               detail: Callable[[], str] = lambda: "") -> float:
     """Poll ``check``; fail with the daemons' log tails on timeout or if one of them exits."""
     t0 = time.monotonic()
     while not check():
         dead = [d for d in daemons if not d.alive]
         if dead or time.monotonic() - t0 > timeout:
             why = f"{', '.join(d.name for d in dead)} exited" if dead else f"{timeout:.0f}s passed"
-            pytest.fail(f"{why} while waiting for {what}:\n" +
+            pytest.fail(f"{why} while waiting for {what}: {detail()}\n" +
                         "\n".join(d.log_tail() for d in daemons), pytrace=False)
         time.sleep(interval)
     return time.monotonic() - t0
@@ -652,3 +654,133 @@ def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
               f"{dict(by_category[category])}")
     print(f"  {len(have) // 2} windows equal to the clean run's; timings: corpus {t_gen:.1f}s, "
           f"produce {t_produce:.1f}s, daemons {t_run:.1f}s, total {t_total:.1f}s")
+
+
+# --- 2. scale-out --------------------------------------------------------------------------
+
+SCALE_WINDOW = 400
+SCALE_RECORDS = 2_400  # per model: 6 windows
+SCALE_PHASE1 = 1_000  # records per model before one daemon is stopped: 2 windows + 200 open
+
+
+def interleaved(streams: Sequence[SyntheticStream], start: int, stop: int
+                ) -> list[tuple[str, bytes | None, bytes, int | None, None]]:
+    """Records [start, stop) of every model, round-robin, keyed by model (produce_plan)."""
+    cols = [list(itertools.islice(s.encoded(stop), start, stop)) for s in streams]
+    return [("valid", s.model.encode(), col[i], None, None)
+            for i in range(stop - start) for s, col in zip(streams, cols, strict=True)]
+
+
+def test_scale_out_survivors_take_over_a_stopped_daemons_partitions(
+        kafka_broker, topics, make_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    t_start = time.monotonic()
+    names = names_per_partition("scale-", 2)  # two models on every partition
+    streams = [SyntheticStream(model=n, seed=100 + i, drift_at=1_600 if i % 2 else None,
+                               magnitude=1.0) for i, n in enumerate(names)]
+    model_docs = [s.settings_doc(s.write_reference_csv(tmp_path / f"ref-{s.model}.csv",
+                                                       REFERENCE_ROWS), SCALE_WINDOW)
+                  for s in streams]
+    topic, dlq = topics("scale"), topics("scale-dlq", 1)
+    group, shared_db = f"g-{topic}", make_db("scaled")
+    bootstrap = kafka_broker.bootstrap
+    members = [Daemon(tmp_path, f"member-{i}", bootstrap=bootstrap, topic=topic, group=group,
+                      dead_letter_topic=dlq, db_url=shared_db, models=model_docs)
+               for i in range(3)]
+    single = Daemon(tmp_path, "single", bootstrap=bootstrap, topic=topic, group=f"g1-{topic}",
+                    dead_letter_topic=dlq, db_url=make_db("single"), models=model_docs)
+    n_windows = len(streams) * (SCALE_RECORDS // SCALE_WINDOW)
+
+    def windows(db_url: str) -> int:
+        return len({(r["model"], r["window_index"]) for r in stored(db_url)})
+
+    def progress(db_url: str, daemons: Sequence[Daemon]) -> str:
+        have: dict[str, list[Any]] = defaultdict(list)
+        for r in stored(db_url):
+            if r["detector"] == "ks":
+                have[r["model"]].append((r["window_index"], r["offsets"]))
+        consumed = {d.name: {s.model: d.metric("driftline_records_consumed_total",
+                                               model=s.model) for s in streams}
+                    for d in daemons if d.alive}
+        return f"stored windows {dict(have)}; consumed {consumed}"
+
+    try:
+        for d in members:
+            d.start()
+        # The group is stable once every member's last assignment is one partition, all
+        # three different (eager rebalancing: each join reassigns everything).
+        wait_until(lambda: sorted(sum((d.assigned() or [] for d in members), [])) == [0, 1, 2]
+                   and all(len(d.assigned() or []) == 1 for d in members),
+                   90, "three members with one partition each", members, interval=0.5)
+        t_stable = time.monotonic() - t_start
+        owner = {d.assigned()[0]: d for d in members}  # type: ignore[index]
+        produce_plan(bootstrap, topic, interleaved(streams, 0, SCALE_PHASE1))
+        wait_until(lambda: sum(d.metric("driftline_records_consumed_total") for d in members)
+                   == len(streams) * SCALE_PHASE1, 60, "phase 1 consumed", members)
+        wait_until(lambda: windows(shared_db) == len(streams) * (SCALE_PHASE1 // SCALE_WINDOW),
+                   60, "phase 1 windows stored", members)
+        for p, d in owner.items():  # each member consumed exactly its partition's models
+            for s in streams:
+                mine = d.metric("driftline_records_consumed_total", model=s.model)
+                assert mine == (SCALE_PHASE1 if partition_of(s.model) == p else 0), \
+                    (d.name, s.model, mine)
+
+        # Phase 2 streams in while partition 0's owner is stopped (SIGTERM) mid-stream.
+        victim = owner[0]
+        survivors = [d for d in members if d is not victim]
+        victim_models = [s.model for s in streams if partition_of(s.model) == 0]
+        sent: list[Any] = []
+        producer = threading.Thread(target=lambda: sent.extend(produce_plan(
+            bootstrap, topic, interleaved(streams, SCALE_PHASE1, SCALE_RECORDS))))
+        producer.start()
+        wait_until(lambda: victim.metric("driftline_records_consumed_total",
+                                         model=victim_models[0]) > SCALE_PHASE1 + 100,
+                   60, "the victim to consume phase 2", members, interval=0.05)
+        victim.sigterm()
+        t_term = time.monotonic()
+        victim_exit_s: list[float] = []
+
+        def taken_over() -> bool:  # survivors had consumed none of the victim's models
+            if not victim_exit_s and not victim.alive:
+                victim_exit_s.append(time.monotonic() - t_term)
+            return any(d.metric("driftline_records_consumed_total", model=m) > 0
+                       for d in survivors for m in victim_models)
+
+        rebalance_s = wait_until(taken_over, 60, "a survivor to consume partition 0",
+                                 survivors, interval=0.05)
+        assert victim.wait_exit() == 0, victim.log_tail()
+        assert "stopped cleanly" in victim.log_text()
+        exit_s = victim_exit_s[0] if victim_exit_s else rebalance_s
+        producer.join(timeout=120)
+        assert not producer.is_alive() and len(sent) == len(streams) * (
+            SCALE_RECORDS - SCALE_PHASE1)
+
+        single.start()  # the reference: one process, its own group and database
+        wait_until(lambda: windows(shared_db) == n_windows, 120,
+                   "every window stored by the survivors", survivors, interval=1,
+                   detail=lambda: progress(shared_db, members))
+        wait_until(lambda: windows(single.db_url) == n_windows, 120,
+                   "every window stored by the single daemon", [single], interval=1,
+                   detail=lambda: progress(single.db_url, [single]))
+        for d in [*survivors, single]:
+            d.sigterm()
+        codes = {d.name: d.wait_exit() for d in [*survivors, single]}
+        assert set(codes.values()) == {0}, (codes, [d.log_tail() for d in members])
+    finally:
+        for d in [*members, single]:
+            d.kill()
+
+    assert_same(comparable(stored(shared_db), offsets=True),
+                comparable(stored(single.db_url), offsets=True), "3 members vs 1 process")
+    ends = end_offsets(bootstrap, topic, PARTITIONS)
+    assert committed_offsets(bootstrap, group) == ends
+    assert read_topic(bootstrap, dlq, 1) == []
+    takeover_logs = [d.name for d in survivors
+                     if re.search(rf"partitions assigned: .*'{re.escape(topic)}', 0\)",
+                                  d.log_text())]
+    assert takeover_logs, [d.log_tail() for d in survivors]
+    print(f"\nscale-out: {len(streams)} models on {PARTITIONS} partitions, 3 daemons in one "
+          f"group (stable after {t_stable:.1f}s); {victim.name} (partition 0) stopped with "
+          f"SIGTERM mid-stream; it exited after {exit_s:.2f}s; survivors consumed its "
+          f"partition {rebalance_s:.2f}s after the SIGTERM (time to rebalance); "
+          f"{n_windows} windows equal to a single process's; total "
+          f"{time.monotonic() - t_start:.1f}s")
