@@ -7,16 +7,18 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from monitor.deadletter import DeadLetter
 from monitor.evaluate import ModelEvaluator, WindowReport
-from monitor.health import Health, serve
-from monitor.metrics import Metrics
+from monitor.health import serve
 from monitor.labels import LabelEvaluator, LabelJoin
+from monitor.metrics import Metrics
 from monitor.pipeline import ModelState, Pipeline, StoredState, StreamState, Windows
 from monitor.reference import load_reference
+from monitor.refstate import load_or_build
 from monitor.schema import Decoder, FeatureKind, ModelSchema
 from monitor.settings import CountWindow, ModelSettings, Settings
 from monitor.sinks import PrometheusSink, Sink
@@ -51,7 +53,7 @@ class Daemon:
                        self.pipeline.dead_letter.close, self.store.close):
             try:
                 closer()
-            except Exception:  # noqa: BLE001 - shutting down: log and go on releasing
+            except Exception:
                 log.exception("error while closing")
         if self._server is not None:
             self._server.shutdown()
@@ -80,12 +82,15 @@ def build_daemon(
 
     models: dict[str, ModelState] = {}
     schemas: dict[str, ModelSchema] = {}
+    cache = settings.storage.reference_cache_dir
+    cache_dir = Path(cache).expanduser() if cache else None
     for m in settings.models:
         kinds = {f.name: f.type for f in m.features}
-        reference = load_reference(m.reference.path, kinds, m.reference.format)
+        evaluator = load_or_build(m, lambda m=m, kinds=kinds: ModelEvaluator(  # type: ignore[misc]
+            m, load_reference(m.reference.path, kinds, m.reference.format)), cache_dir)
         new_windows = _windows_factory(m)
         models[m.name] = ModelState(
-            StreamState(ModelEvaluator(m, reference), new_windows(None), new_windows),
+            StreamState(evaluator, new_windows(None), new_windows),
             _label_stream(m) if m.labels is not None else None)
         schemas[m.name] = ModelSchema(kinds)
 
@@ -124,7 +129,7 @@ def build_daemon(
 
 
 def _label_stream(m: ModelSettings) -> StreamState:
-    assert m.labels is not None  # noqa: S101
+    assert m.labels is not None
     kind: FeatureKind = "categorical" if m.labels.task == "classification" else "numeric"
     reference = load_reference(m.labels.reference.path, {"label": kind, "prediction": kind},
                                m.labels.reference.format)

@@ -49,7 +49,7 @@ def serve(metrics: Metrics, health: Health, address: str,
     """Serve the three endpoints from a daemon thread; port 0 picks a free port."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry))
@@ -67,7 +67,7 @@ def serve(metrics: Metrics, health: Health, address: str,
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass  # scrapes every few seconds would flood the log
 
     server = ThreadingHTTPServer((address, port), Handler)

@@ -109,7 +109,7 @@ class KafkaSource:
         # nothing during an outage. Any live broker connection counts (after bootstrap the
         # client talks to the coordinator and leaders, not the bootstrap address).
         try:
-            conns = self._consumer._client._manager._conns  # noqa: SLF001
+            conns = self._consumer._client._manager._conns
             return any(bool(getattr(c, "connected", False)) for c in list(conns.values()))
         except AttributeError:  # internals moved in another kafka-python version
             return self._commit_ok

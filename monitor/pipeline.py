@@ -41,6 +41,9 @@ Windows = CountWindows | TimeWindows
 
 
 class Evaluator(Protocol):
+    @property
+    def detector_names(self) -> list[str]: ...
+
     def evaluate(self, window: ClosedWindow) -> WindowReport: ...
 
 
@@ -194,7 +197,7 @@ class Pipeline:
     def _stream(self, model: str, stream: str) -> StreamState:
         state = self.models[model]
         out = state.features if stream == "features" else state.labels
-        assert out is not None  # noqa: S101 - label windows exist only with labels configured
+        assert out is not None
         return out
 
     def _handle(self, msg: Message, tp: TopicPartition) -> list[ClosedWindow]:
@@ -225,7 +228,7 @@ class Pipeline:
         self.join.add_label(label, tp, msg.offset)
 
     def _join_labels(self) -> list[ClosedWindow]:
-        assert self.join is not None  # noqa: S101
+        assert self.join is not None
         before = Counter(self.join.outcomes)
         closed: list[ClosedWindow] = []
         for pair, tp, offset in self.join.resolve():

@@ -172,7 +172,7 @@ class Decoder:
     def decode(self, value: bytes | None) -> InferenceRecord:
         doc = parse_json_object(value, self._max_bytes)
         model = _string(doc, "model")
-        assert model is not None  # noqa: S101 - required=True guarantees it
+        assert model is not None
         schema = self._models.get(model)
         if schema is None:
             # Keep the detail short: the name is attacker-controlled and goes into headers.

@@ -187,6 +187,8 @@ class MetricsSettings(_Strict):
 
 class StorageSettings(_Strict):
     url: str = "sqlite:///driftline.db"
+    # Prepared reference state per model (see monitor/refstate.py); "" turns it off.
+    reference_cache_dir: str = "~/.cache/driftline/reference"
 
 
 class LimitsSettings(_Strict):

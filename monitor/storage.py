@@ -21,9 +21,9 @@ from sqlalchemy import (
     Integer,
     String,
     create_engine,
+    delete,
     event,
     func,
-    delete,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -170,8 +170,8 @@ class SqlStore:
 
     def _store(self, session: Session, r: WindowReport) -> None:
         _upsert(session, WindowRow, {
-            "model": r.model, "stream": r.stream, "window_index": r.window_index, "window_start": r.window_start,
-            "window_end": r.window_end, "n_records": r.n_records,
+            "model": r.model, "stream": r.stream, "window_index": r.window_index,
+            "window_start": r.window_start, "window_end": r.window_end, "n_records": r.n_records,
             "offsets": {f"{t}/{p}": list(v) for (t, p), v in sorted(r.offsets.items())},
             "evaluated_at": datetime.fromtimestamp(r.evaluated_at, UTC),
         }, ["model", "stream", "window_index"])
@@ -223,7 +223,8 @@ class SqlStore:
         try:
             with self._sessions() as s:
                 for i in range(0, len(ids), 1000):  # bounded IN lists
-                    stmt = select(PredictionRow).where(PredictionRow.request_id.in_(ids[i:i + 1000]))
+                    chunk = ids[i:i + 1000]
+                    stmt = select(PredictionRow).where(PredictionRow.request_id.in_(chunk))
                     for r in s.execute(stmt).scalars():
                         out[r.request_id] = (r.model, r.prediction, r.timestamp)
         except SQLAlchemyError as exc:
@@ -251,8 +252,9 @@ class SqlStore:
         """Forget predictions older than ``before`` (event time): their horizon has passed."""
         try:
             with self._sessions.begin() as s:
-                return int(s.execute(delete(PredictionRow)
-                                     .where(PredictionRow.timestamp < before)).rowcount or 0)
+                result: Any = s.execute(delete(PredictionRow)
+                                        .where(PredictionRow.timestamp < before))
+                return int(result.rowcount or 0)
         except SQLAlchemyError as exc:
             raise SinkError(f"prediction prune failed: {exc.__class__.__name__}: {exc}") from exc
 
