@@ -7,9 +7,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from embeddings.errors import EmbeddingError
 
-class EmbeddingError(Exception):
-    """Root of the embeddings package's errors."""
+__all__ = ["Embedder", "EmbeddingError"]
 
 
 @runtime_checkable

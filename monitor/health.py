@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -28,6 +29,8 @@ class Health:
     storage_ok: bool = True
     storage_error: str = ""
     stopped: bool = False
+    # Asked at request time, so an outage shows even while the loop is busy elsewhere.
+    source_probe: Callable[[], bool] | None = None
     _last_beat: float = field(default_factory=time.monotonic)
 
     def beat(self) -> None:
@@ -39,8 +42,9 @@ class Health:
         return ok, {"loop_seconds_since_progress": round(age, 3), "stopped": self.stopped}
 
     def ready(self) -> tuple[bool, dict[str, object]]:
-        ok = self.source_connected and self.storage_ok and not self.stopped
-        return ok, {"source_connected": self.source_connected, "storage_ok": self.storage_ok,
+        source = self.source_probe() if self.source_probe is not None else self.source_connected
+        ok = source and self.storage_ok and not self.stopped
+        return ok, {"source_connected": source, "storage_ok": self.storage_ok,
                     "storage_error": self.storage_error, "stopped": self.stopped}
 
 

@@ -27,6 +27,7 @@ log = logging.getLogger("driftline.kafka")
 #: Dead-lettered values larger than this are truncated (a header says so): the broker's
 #: default message limit is 1 MiB, and a poison 10 MB payload must still be recorded.
 DEAD_LETTER_MAX_VALUE = 512 * 1024
+COMMIT_TIMEOUT_MS = 5_000
 
 
 def _security(settings: KafkaSettings) -> dict[str, Any]:
@@ -92,8 +93,11 @@ class KafkaSource:
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         try:
+            # Bounded: during an outage the loop must go on observing (and reporting) it
+            # rather than sit in one commit for kafka-python's 30 s request timeout.
             self._consumer.commit({KafkaTP(t, p): OffsetAndMetadata(o, "", -1)
-                                   for (t, p), o in offsets.items()})
+                                   for (t, p), o in offsets.items()},
+                                  timeout_ms=COMMIT_TIMEOUT_MS)
             self._commit_ok = True
         except KafkaError as exc:
             self._commit_ok = False

@@ -118,6 +118,7 @@ class Pipeline:
         self._inflight: list[ClosedWindow] = []
         self._held: list[Message] = []
         self._closing = False
+        self._rewind: dict[TopicPartition, int] = {}  # set on revoke, used on assignment
         self._next: dict[TopicPartition, int] = {}  # next offset to read, per partition
         self._committed: dict[TopicPartition, int] = {}
         self._first: dict[TopicPartition, int] = {}  # first offset read this session
@@ -127,7 +128,9 @@ class Pipeline:
         self.skipped_replayed = 0
         self._stop = threading.Event()  # the running loop's stop event
         self._was_connected = True
-        self.health = Health()
+        self.health = Health(source_probe=lambda: source.connected)
+        # Read at scrape time: an outage shows on /metrics even while the loop is blocked.
+        metrics.source_connected.set_function(lambda: 1.0 if source.connected else 0.0)
         source.on_rebalance(self._on_revoked, self._on_assigned)
         self.restore_state()
 
@@ -255,7 +258,6 @@ class Pipeline:
     def _observe_source(self) -> None:
         connected = self.source.connected
         self.health.source_connected = connected
-        self.metrics.source_connected.set(1 if connected else 0)
         if connected != self._was_connected:
             if connected:
                 log.warning("source reachable again; resuming")
@@ -274,18 +276,21 @@ class Pipeline:
         windows were stored and committed (and stored windows are skipped on replay even
         if that commit failed). kafka-python 3 also forbids blocking consumer calls in this
         callback. Open windows are not committed, so whoever owns their partitions next,
-        this process included, reads them again: partitions this process keeps are rewound
-        to their committed offsets.
+        this process included, must read them again: every partition this process read is
+        rewound, when it is (still or again) assigned here, to the earliest offset an open
+        window held. kafka-python keeps the position of a partition that stays assigned,
+        even though the eager protocol "revokes" all of them first.
         """
         if not revoked or self._closing:
             return  # kafka-python also "revokes" nothing on the first join, and all on close
         self.metrics.rebalances.inc()
         log.info("partitions revoked: %s; open windows dropped, to be rebuilt by their "
                  "next owner", revoked)
+        self._rewind = {tp: o for tp, o in self.committable().items() if tp in self._next}
         gone = set(revoked)
-        for tp in self._next:
-            if tp not in gone:
-                self.source.seek(tp, self._committed.get(tp, self._first[tp]))
+        for tp in [tp for tp in self._rewind if tp not in gone]:
+            # cooperative rebalancing: kept and never re-assigned, so rewind it now
+            self.source.seek(tp, self._rewind.pop(tp))
         self._next.clear()
         self._first.clear()
         self._committed.clear()
@@ -293,6 +298,10 @@ class Pipeline:
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("partitions assigned: %s", assigned)
+        for tp in assigned:
+            if tp in self._rewind:
+                self.source.seek(tp, self._rewind[tp])
+        self._rewind = {}
         self.restore_state()  # the previous owner may have stored windows meanwhile
 
     def restore_state(self) -> None:
@@ -324,6 +333,8 @@ class Pipeline:
         return True
 
     def commit(self) -> None:
+        if not self.source.connected:
+            return  # would only time out; the next batch after the outage commits
         offsets = self.committable()
         # Committing the first offset we read would only repeat what the group already has.
         changed = {tp: o for tp, o in offsets.items()

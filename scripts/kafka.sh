@@ -3,9 +3,11 @@
 #
 #   scripts/kafka.sh fetch
 #       Resolve the broker jars (cached) and print the libs directory.
-#   scripts/kafka.sh start --dir DIR --port PORT [--controller-port CPORT]
+#   scripts/kafka.sh start --dir DIR --port PORT [--controller-port CPORT] [--sasl-port SPORT]
 #       Write DIR/server.properties, format DIR/data on first use, start the broker in the
 #       background (log DIR/kafka.log, pid DIR/kafka.pid) and wait until it serves requests.
+#       --sasl-port (opt-in) adds a SASL_PLAINTEXT listener, mechanism PLAIN, on 127.0.0.1:SPORT
+#       for the users in KAFKA_SASL_USERS; the PLAINTEXT listener stays as it is.
 #   scripts/kafka.sh stop --dir DIR
 #       SIGTERM the broker, wait, then SIGKILL.
 #
@@ -17,6 +19,8 @@
 #   KAFKA_LOG_LEVEL      broker log level: trace|debug|info|warn|error (default: warn)
 #   KAFKA_START_TIMEOUT  seconds to wait for the broker to come up (default: 90)
 #   KAFKA_STOP_TIMEOUT   seconds to wait after SIGTERM before SIGKILL (default: 30)
+#   KAFKA_SASL_USERS     with --sasl-port: "user:password[,user:password...]" (letters, digits,
+#                        '.', '_', '-'), written to DIR/server.properties (mode 600)
 set -euo pipefail
 
 # Newest 4.1.x on Maven Central (mvn resolves the range [4.1.0,4.2.0) to it).
@@ -43,7 +47,7 @@ java_major() {  # major version of `java` on PATH ("1.8.0" -> 8, "17.0.15" -> 17
 }
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -110,13 +114,14 @@ fetch() {
 }
 
 # Parsed options (start/stop).
-DIR="" PORT="" CPORT=""
+DIR="" PORT="" CPORT="" SPORT=""
 parse_opts() {
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --dir) DIR="${2:?--dir needs a value}"; shift 2 ;;
       --port) PORT="${2:?--port needs a value}"; shift 2 ;;
       --controller-port) CPORT="${2:?--controller-port needs a value}"; shift 2 ;;
+      --sasl-port) SPORT="${2:?--sasl-port needs a value}"; shift 2 ;;
       *) die "unknown option '$1'" ;;
     esac
   done
@@ -159,6 +164,24 @@ start() {
   if pid_alive; then die "broker already running in $DIR (pid $(cat "$DIR/kafka.pid")); stop it first"; fi
   port_open "$PORT" && die "port $PORT on 127.0.0.1 is already in use"
   [[ -n "$CPORT" ]] || CPORT="$(free_port)"
+  # Opt-in SASL_PLAINTEXT listener: empty strings (the default) leave the file unchanged.
+  local sasl_listener="" sasl_advertised="" sasl_map="" jaas_users=""
+  if [[ -n "$SPORT" ]]; then
+    port_open "$SPORT" && die "port $SPORT on 127.0.0.1 is already in use"
+    [[ -n "${KAFKA_SASL_USERS:-}" ]] || die "--sasl-port needs KAFKA_SASL_USERS=user:password[,...]"
+    local pair user password
+    local -a pairs
+    IFS=',' read -r -a pairs <<<"$KAFKA_SASL_USERS"
+    for pair in "${pairs[@]}"; do
+      user="${pair%%:*}" password="${pair#*:}"
+      [[ "$pair" == *:* && "$user" =~ ^[A-Za-z0-9._-]+$ && "$password" =~ ^[A-Za-z0-9._-]+$ ]] ||
+        die "KAFKA_SASL_USERS: each entry must be user:password of letters, digits, '.', '_', '-'"
+      jaas_users+=" user_$user=\"$password\""
+    done
+    sasl_listener=",SASL_PLAINTEXT://127.0.0.1:$SPORT"
+    sasl_advertised=",SASL_PLAINTEXT://127.0.0.1:$SPORT"
+    sasl_map=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+  fi
 
   # Static quorum (controller.quorum.voters): the voter set lives in the config, not in the
   # metadata log, so formatting needs no --standalone/--initial-controllers and restarts are
@@ -167,11 +190,11 @@ start() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT$sasl_listener
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT$sasl_advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$sasl_map
 log.dirs=$DIR/data
 num.partitions=1
 default.replication.factor=1
@@ -192,6 +215,13 @@ background.threads=2
 num.recovery.threads.per.data.dir=1
 log.cleaner.threads=1
 EOF
+  if [[ -n "$SPORT" ]]; then
+    chmod 600 "$DIR/server.properties"  # it holds the users' passwords
+    cat >>"$DIR/server.properties" <<EOF
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$jaas_users;
+EOF
+  fi
 
   java_cmd
   if [[ ! -f "$DIR/data/meta.properties" ]]; then

@@ -289,9 +289,10 @@ class DaemonProc:
         return sum(values) if values else None
 
     def stored_windows(self) -> int:
-        """Rows in driftline_windows (one per (model, window_index))."""
+        """Feature windows stored (rows of driftline_windows, one per (model, window_index))."""
+        query = select(func.count()).select_from(WindowRow).where(WindowRow.stream == "features")
         with self.store.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(WindowRow)).scalar_one())
+            return int(conn.execute(query).scalar_one())
 
     def results(self) -> list[dict[str, Any]]:
         return self.store.results()
