@@ -25,6 +25,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -91,6 +92,9 @@ class PredictionRow(Base):
     timestamp: Mapped[float] = mapped_column(Float, index=True)
 
 
+_SCHEMA_LOCK = int.from_bytes(b"driftlin", "big") >> 1  # any constant bigint
+
+
 def _finite_or_none(x: float | None) -> float | None:
     # JSON and some databases cannot hold NaN/inf; a missing value is the honest encoding.
     return None if x is None or not math.isfinite(x) else float(x)
@@ -144,7 +148,14 @@ class SqlStore:
 
     def create_schema(self) -> None:
         try:
-            Base.metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Replicas starting together would race on CREATE TABLE (PostgreSQL's
+                    # catalog rejects the second one); one transaction-scoped lock orders
+                    # them, and create_all skips the tables that exist by then.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": _SCHEMA_LOCK})
+                Base.metadata.create_all(conn)
         except SQLAlchemyError as exc:
             raise SinkError(f"cannot create tables at {self.engine.url!r}: {exc}") from exc
 

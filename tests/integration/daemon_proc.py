@@ -309,9 +309,16 @@ class DaemonProc:
                 pytest.fail(f"daemon exited ({self.proc.returncode}) while waiting for {what}; "
                             f"log {self.log_path}:\n{self.log_tail()}", pytrace=False)
             if time.monotonic() - t0 > timeout:
-                pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; "
+                pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{self._hint()}; "
                             f"log {self.log_path}:\n{self.log_tail()}", pytrace=False)
             time.sleep(interval)
+
+    def _hint(self) -> str:
+        assigned = re.findall(r"partitions assigned: (.*)", self.log_text())
+        if assigned and assigned[-1].strip() == "[]":
+            return (" (the daemon holds no partitions: its last rebalance assigned it [], see "
+                    "kafka-python's 'No partition metadata for topic' line with kafka=True)")
+        return ""
 
     def wait_for_windows(self, n: int, timeout: float) -> float:
         return self.wait_for(lambda: self.stored_windows() >= n, timeout,
