@@ -79,6 +79,9 @@ class TorchEmbedder:
     version : str, optional
         The deployed model's version, recorded in the fingerprint.
 
+    The model's module is moved to ``device`` in place: give each embedder its own
+    :class:`LoadedModel` when devices differ.
+
     Notes
     -----
     Each batch runs under ``torch.inference_mode()`` and, on CUDA, with pinned host memory

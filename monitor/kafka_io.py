@@ -70,6 +70,13 @@ class KafkaSource:
             "enable_auto_commit": False,  # we commit only after the sinks flushed
             "auto_offset_reset": settings.auto_offset_reset,
             "max_poll_records": settings.max_poll_records,
+            # A restarted daemon waits this long for its dead predecessor to leave the
+            # group (kafka-python's default: 45 s); the broker's minimum is 6 s.
+            "session_timeout_ms": 10_000,
+            # Fresh metadata within 30 s rather than kafka-python's 5 min (see below).
+            "metadata_max_age_ms": 30_000,
+            # Reconnect within seconds of a broker's return (default back-off: up to 30 s).
+            "reconnect_backoff_max_ms": 5_000,
             **dict(settings.consumer),
         })
         self._listener = _Listener()
@@ -77,6 +84,10 @@ class KafkaSource:
         try:
             self._consumer = KafkaConsumer(**config)
             topics = [*settings.topics, *([settings.labels_topic] if settings.labels_topic else [])]
+            # Load the topics' metadata before joining: a join whose metadata lacks them
+            # is assigned nothing, and kafka-python only notices at the next refresh.
+            for topic in topics:
+                self._consumer.partitions_for_topic(topic)
             self._consumer.subscribe(topics=topics, listener=self._listener)
         except KafkaError as exc:
             raise SourceError(

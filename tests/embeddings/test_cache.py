@@ -184,7 +184,7 @@ def test_progress_uses_tqdm_on_a_terminal() -> None:
     stream = Terminal()
     with Progress(4, "embedding reference", stream=stream) as p:
         p.update(4)
-    assert "embedding reference" in stream.getvalue() and "4/4" in stream.getvalue()
+    assert "embedding reference:   0%|" in stream.getvalue()  # a tqdm bar
 
 
 def test_cache_reports_progress_of_long_runs(tmp_path: Path) -> None:
