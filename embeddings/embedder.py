@@ -16,6 +16,7 @@ from embeddings.fingerprint import sha256_json
 from embeddings.hooks import (
     OUTPUT,
     PENULTIMATE,
+    POOLINGS,
     PROBABILITIES,
     LayerCapture,
     model_output,
@@ -116,7 +117,7 @@ class TorchEmbedder:
         prefetch: int = 2,
         version: str | None = None,
     ) -> None:
-        torch = require_torch()
+        require_torch()
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.model = model
@@ -127,7 +128,8 @@ class TorchEmbedder:
             hookable=not unhookable(model.module),
         )
         self.pooling = pooling or model.pooling or "mean"
-        pool(torch.zeros(1, 1), None, self.pooling)  # validates the name
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         self.normalize = model.normalize if normalize is None else bool(normalize)
         self.version = version
         self._runner = BatchRunner(

@@ -258,7 +258,7 @@ def load_transformers(path: str | os.PathLike[str], *, task: str = "auto") -> Lo
     transformers = require_transformers()
     try:
         with _quiet_transformers(transformers):
-            config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+            config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
             architectures = getattr(config, "architectures", None) or []
             if task == "auto":
                 classify = any(a.endswith("ForSequenceClassification") for a in architectures)
@@ -269,8 +269,10 @@ def load_transformers(path: str | os.PathLike[str], *, task: str = "auto") -> Lo
                 if classify
                 else transformers.AutoModel
             )
-            module = auto.from_pretrained(folder, local_files_only=True)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            module = auto.from_pretrained(str(folder), local_files_only=True)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                str(folder), local_files_only=True
+            )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(
             f"cannot load the Hugging Face model in {str(folder)!r}: {exc}"

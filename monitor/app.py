@@ -69,6 +69,7 @@ def build_daemon(
     metrics: Metrics | None = None,
     serve_metrics: bool = True,
     on_report: Callable[[WindowReport], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Daemon:
     """Wire the daemon. ``source``/``dead_letter`` default to Kafka from the settings."""
     metrics = metrics or Metrics()
@@ -117,7 +118,7 @@ def build_daemon(
         if any(m.labels for m in settings.models) else None,
         poll_timeout_s=settings.source.kafka.poll_timeout_ms / 1000,
     )
-    daemon = Daemon(settings, pipeline, store, metrics)
+    daemon = Daemon(settings, pipeline, store, metrics, stop=stop or threading.Event())
     if serve_metrics:
         server, _thread = serve(metrics, pipeline.health, settings.metrics.address,
                                 settings.metrics.port)

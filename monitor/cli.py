@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -27,8 +28,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     _setup_logging(args.log_level or settings.log_level)
-    daemon = build_daemon(settings)
-    install_signal_handlers(daemon.stop)
+    stop = threading.Event()
+    install_signal_handlers(stop)  # before connecting: start-up may wait on Kafka
+    daemon = build_daemon(settings, stop=stop)
+    if stop.is_set():
+        daemon.close()
+        return 0
     log.info("driftline %s running: %d model(s), topics %s", __version__,
              len(settings.models), ",".join(settings.source.kafka.topics))
     daemon.run()

@@ -233,7 +233,8 @@ def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
         try:
             value = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError as exc:
-            raise ConfigError(f"environment variable {var}: not a YAML value: {exc}") from None
+            raise ConfigError(
+                f"environment variable {var}: not a YAML value ({_yaml_problem(exc)})") from None
         node: Any = doc
         for i, key in enumerate(path):
             last = i == len(path) - 1
@@ -255,6 +256,14 @@ def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
             else:
                 raise ConfigError(
                     f"environment variable {var}: '{'.'.join(path[:i])}' is not a mapping")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without PyYAML's quote of the line: it may hold a secret."""
+    problem = getattr(exc, "problem", None) or "syntax error"
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -309,5 +318,5 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(exc)}") from None
     return parse_settings(doc, source=str(p), base_dir=p.resolve().parent, env=env)

@@ -140,6 +140,9 @@ class SqlStore:
             self.engine = make_engine(url)  # connects lazily: this checks URL and driver only
         except ArgumentError as exc:  # its message leaves out the URL, which may hold a password
             raise ConfigError(f"storage.url: not a usable SQLAlchemy URL: {exc}") from None
+        except ValueError:  # e.g. a non-numeric port; the message would quote the URL
+            raise ConfigError("storage.url: not a usable SQLAlchemy URL (a malformed part, "
+                              "such as the port)") from None
         except ImportError as exc:
             raise ConfigError(f"storage.url: the database driver is not installed: {exc}") from None
         self._sessions = sessionmaker(self.engine)
@@ -210,16 +213,22 @@ class SqlStore:
     # -- restart state -----------------------------------------------------------------
     def stored_offsets(self, stream: str = "features") -> dict[tuple[str, str, int], int]:
         """(model, topic, partition) -> highest offset already stored in a window."""
-        with self._sessions() as s:
-            rows = s.execute(select(OffsetRow).where(OffsetRow.stream == stream)).scalars()
-            return {(r.model, r.topic, r.partition): r.max_offset for r in rows}
+        try:
+            with self._sessions() as s:
+                rows = s.execute(select(OffsetRow).where(OffsetRow.stream == stream)).scalars()
+                return {(r.model, r.topic, r.partition): r.max_offset for r in rows}
+        except SQLAlchemyError as exc:
+            raise SinkError(f"cannot read stored offsets: {exc.__class__.__name__}: {exc}") from exc
 
     def last_window_index(self, stream: str = "features") -> dict[str, int]:
         """model -> highest stored window index."""
-        with self._sessions() as s:
-            rows = s.execute(select(WindowRow.model, func.max(WindowRow.window_index))
-                             .where(WindowRow.stream == stream).group_by(WindowRow.model))
-            return {m: int(i) for m, i in rows}
+        try:
+            with self._sessions() as s:
+                rows = s.execute(select(WindowRow.model, func.max(WindowRow.window_index))
+                                 .where(WindowRow.stream == stream).group_by(WindowRow.model))
+                return {m: int(i) for m, i in rows}
+        except SQLAlchemyError as exc:
+            raise SinkError(f"cannot read stored windows: {exc.__class__.__name__}: {exc}") from exc
 
     # -- predictions awaiting delayed labels ---------------------------------------------
     def write_predictions(self, rows: list[tuple[str, str, Any, float]]) -> None:

@@ -40,7 +40,12 @@ def minilm(minilm_path: Path):
     return TorchEmbedder.from_sentence_transformers(minilm_path, device="cpu", max_length=64)
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
 
 
 def _tiny_bert(folder: Path, minilm_path: Path, classifier: bool) -> Path:

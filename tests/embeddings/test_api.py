@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_all_is_exact_and_sorted_like_ruff_wants() -> None:
     public = {
-        name for name, value in vars(embeddings).items()
+        name
+        for name, value in vars(embeddings).items()
         if not name.startswith("_") and not inspect.ismodule(value) and name != "annotations"
     }
     assert set(embeddings.__all__) == public
@@ -40,8 +41,9 @@ def test_error_tree_is_shallow_with_one_root() -> None:
 
 def test_importing_the_package_does_not_import_torch() -> None:
     code = "import sys, embeddings; print('torch' in sys.modules, 'transformers' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == ["False", "False"]
 
 
@@ -66,10 +68,11 @@ def test_the_library_imports_neither_monitor_nor_detectors() -> None:
 
 
 def test_embedder_protocol_is_satisfied() -> None:
-    from embeddings import ReducedEmbedder, RandomProjection, TorchEmbedder
+    from embeddings import RandomProjection, ReducedEmbedder, TorchEmbedder
 
     assert {"fingerprint", "embed"} <= set(dir(TorchEmbedder))
-    reduced = ReducedEmbedder(embedder=type("E", (), {"fingerprint": "x",
-                                                       "embed": lambda self, p: p})(),
-                              reducer=RandomProjection(2, seed=0))
+    reduced = ReducedEmbedder(
+        embedder=type("E", (), {"fingerprint": "x", "embed": lambda self, p: p})(),
+        reducer=RandomProjection(2, seed=0),
+    )
     assert isinstance(reduced, embeddings.Embedder)

@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+import embedding_test_nets as nets
 import numpy as np
 import pytest
 import torch
@@ -24,8 +25,6 @@ from embeddings import (
 )
 from embeddings.batching import bucket_order, is_out_of_memory
 from embeddings.preprocessing import ArrayPreprocessor, Batch
-
-import embedding_test_nets as nets
 
 
 def prepare(items) -> Batch:
@@ -59,8 +58,7 @@ def test_rows_come_back_in_the_callers_order_after_bucketing() -> None:
         seen.append([int(v) for v in batch.args[0].flatten()])
         return double(batch)
 
-    out = BatchRunner(max_batch_size=5).run(items, prepare=prepare, forward=record,
-                                            lengths=lengths)
+    out = BatchRunner(max_batch_size=5).run(items, prepare=prepare, forward=record, lengths=lengths)
     np.testing.assert_array_equal(out["out"][:, 0], np.arange(23) * 2)
     # every batch holds neighbours in the longest-first order
     order = [int(i) for i in bucket_order(lengths, 23)]
@@ -108,8 +106,9 @@ def test_oom_through_the_embedder_with_a_model_that_fails_on_big_batches() -> No
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory")
             return self.inner(x)
 
-    model = LoadedModel(module=Flaky(), kind="state_dict", source="t", weight_files=(),
-                        classifier=True)
+    model = LoadedModel(
+        module=Flaky(), kind="state_dict", source="t", weight_files=(), classifier=True
+    )
     embedder = TorchEmbedder(model, ArrayPreprocessor((6,)), device="cpu", max_batch_size=16)
     x = np.random.default_rng(0).normal(size=(30, 6)).astype(np.float32)
     out = embedder.embed_layers(x)
@@ -221,8 +220,9 @@ def test_cuda_without_cuda_is_an_error_not_a_fallback(monkeypatch) -> None:
             resolve_device(device)
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(DeviceError):
-        TorchEmbedder(LoadedModel(nets.mlp(), "state_dict", "t", ()), ArrayPreprocessor((6,)),
-                      device="cuda")
+        TorchEmbedder(
+            LoadedModel(nets.mlp(), "state_dict", "t", ()), ArrayPreprocessor((6,)), device="cuda"
+        )
 
 
 def test_cuda_index_beyond_the_devices(monkeypatch) -> None:
@@ -282,8 +282,9 @@ def test_micro_batcher_gathers_up_to_max_batch_size() -> None:
 
 
 def test_micro_batcher_runs_a_partial_batch_after_max_wait() -> None:
-    with MicroBatcher(lambda p: np.ones((len(p), 3)), max_batch_size=64,
-                      max_wait_s=0.05) as batcher:
+    with MicroBatcher(
+        lambda p: np.ones((len(p), 3)), max_batch_size=64, max_wait_s=0.05
+    ) as batcher:
         start = time.monotonic()
         row = batcher.submit("x").result(timeout=5)
         elapsed = time.monotonic() - start

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import embedding_test_nets as nets
 import numpy as np
 import pytest
 import torch
@@ -21,8 +22,6 @@ from embeddings import (
     TorchEmbedder,
 )
 from embeddings.fingerprint import sha256_files, sha256_payloads
-
-import embedding_test_nets as nets
 
 
 class Counting:
@@ -56,7 +55,8 @@ def test_computed_once_then_read_back(tmp_path: Path) -> None:
     assert meta["fingerprint"] == "fake-v1" and meta["shape"] == [12, 2]
     assert meta["data_sha256"] == sha256_payloads(TEXTS) and meta["key"] == key
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
-        [array_path.name, meta_path.name])  # no temporary files left behind
+        [array_path.name, meta_path.name]
+    )  # no temporary files left behind
 
 
 def test_fingerprint_and_data_changes_miss(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_a_damaged_entry_is_recomputed(tmp_path: Path, caplog) -> None:
     embedder = Counting()
     cache = ReferenceCache(tmp_path, progress=False)
     cache.get_or_compute(embedder, TEXTS)
-    array_path, meta_path = cache.paths(cache.key(embedder, TEXTS))
+    array_path, _ = cache.paths(cache.key(embedder, TEXTS))
     np.save(array_path, np.zeros((12, 2), dtype=np.float32))  # not what the metadata says
     cache.get_or_compute(embedder, TEXTS)
     assert "does not match its metadata" in caplog.text
@@ -131,8 +131,13 @@ def test_reduction_settings_invalidate(tmp_path: Path) -> None:
     cache = ReferenceCache(tmp_path, progress=False)
     inner = Counting()
     x = np.random.default_rng(0).normal(size=(20, 2))
-    for reducer in (RandomProjection(2, seed=0), RandomProjection(2, seed=1),
-                    PCAReducer.fit(x, 1), PCAReducer.fit(x[:10], 1), RandomProjection(2, seed=0)):
+    for reducer in (
+        RandomProjection(2, seed=0),
+        RandomProjection(2, seed=1),
+        PCAReducer.fit(x, 1),
+        PCAReducer.fit(x[:10], 1),
+        RandomProjection(2, seed=0),
+    ):
         cache.get_or_compute(ReducedEmbedder(inner, reducer), TEXTS)
     assert (cache.hits, cache.misses) == (1, 4)
 
@@ -143,16 +148,15 @@ def test_weights_are_hashed_by_content(tmp_path: Path) -> None:
         path.parent.mkdir()
         torch.save(nets.mlp().state_dict(), path)
     assert sha256_files([a]) == sha256_files([b])  # location does not matter
-    embedder = TorchEmbedder.from_state_dict("embedding_test_nets:mlp", a, shape=(6,),
-                                             device="cpu")
+    embedder = TorchEmbedder.from_state_dict("embedding_test_nets:mlp", a, shape=(6,), device="cpu")
     fingerprint = embedder.fingerprint
     torch.save(nets.mlp(hidden=8, n_out=3).state_dict() | {"0.bias": torch.ones(8)}, a)
     assert sha256_files([a]) != sha256_files([b])
-    changed = TorchEmbedder.from_state_dict("embedding_test_nets:mlp", a, shape=(6,),
-                                            device="cpu")
+    changed = TorchEmbedder.from_state_dict("embedding_test_nets:mlp", a, shape=(6,), device="cpu")
     assert changed.fingerprint != fingerprint
     other_version = TorchEmbedder.from_state_dict(
-        "embedding_test_nets:mlp", b, shape=(6,), device="cpu", version="2")
+        "embedding_test_nets:mlp", b, shape=(6,), device="cpu", version="2"
+    )
     assert other_version.fingerprint != fingerprint
 
 

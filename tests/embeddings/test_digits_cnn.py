@@ -7,8 +7,7 @@ KS and Bonferroni.
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import embedding_test_nets as nets
 import numpy as np
 import pytest
 import torch
@@ -18,8 +17,6 @@ from sklearn.datasets import load_digits
 from detectors import KSDetector
 from embeddings import TorchEmbedder
 
-import embedding_test_nets as nets
-
 
 @pytest.fixture(scope="module")
 def digits() -> dict[str, np.ndarray]:
@@ -28,8 +25,10 @@ def digits() -> dict[str, np.ndarray]:
     order = np.random.default_rng(0).permutation(len(images))
     train, reference, current = order[:900], order[900:1350], order[1350:]
     return {
-        "x_train": images[train], "y_train": data.target[train],
-        "reference": images[reference], "current": images[current],
+        "x_train": images[train],
+        "y_train": data.target[train],
+        "reference": images[reference],
+        "current": images[current],
         "y_current": data.target[current],
     }
 
@@ -54,8 +53,9 @@ def embedder(digits, tmp_path_factory: pytest.TempPathFactory) -> TorchEmbedder:
         torch.set_num_threads(threads)
     path = tmp_path_factory.mktemp("digits") / "cnn.pt"
     torch.save(model.state_dict(), path)
-    return TorchEmbedder.from_state_dict("embedding_test_nets:digits_cnn", path,
-                                         shape=(1, 8, 8), device="cpu")
+    return TorchEmbedder.from_state_dict(
+        "embedding_test_nets:digits_cnn", path, shape=(1, 8, 8), device="cpu"
+    )
 
 
 def rotate(images: np.ndarray, degrees: float) -> np.ndarray:
@@ -74,8 +74,11 @@ def test_the_model_learned_digits(embedder, digits) -> None:
 
 @pytest.mark.parametrize(
     ("shift", "make"),
-    [("none", lambda x: x), ("rotation 30°", lambda x: rotate(x, 30.0)),
-     ("gaussian noise 0.4", lambda x: noisy(x, 0.4))],
+    [
+        ("none", lambda x: x),
+        ("rotation 30°", lambda x: rotate(x, 30.0)),
+        ("gaussian noise 0.4", lambda x: noisy(x, 0.4)),
+    ],
 )
 def test_shift_detected_through_penultimate_layer_and_bbsd(embedder, digits, shift, make) -> None:
     assert embedder.layers == ("head:input", "@probabilities")
@@ -83,7 +86,8 @@ def test_shift_detected_through_penultimate_layer_and_bbsd(embedder, digits, shi
     current = embedder.embed_layers(make(digits["current"]))
     results = {
         layer: KSDetector(columns(reference[layer]), alpha=0.05, correction="bonferroni").test(
-            columns(current[layer]))
+            columns(current[layer])
+        )
         for layer in embedder.layers
     }
     for layer, result in results.items():

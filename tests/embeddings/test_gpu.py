@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import embedding_test_nets as nets
 import numpy as np
 import pytest
 import torch
 
 from embeddings import LoadedModel, TorchEmbedder
 from embeddings.preprocessing import ArrayPreprocessor
-
-import embedding_test_nets as nets
 
 pytestmark = [
     pytest.mark.gpu,
@@ -31,13 +30,20 @@ def test_minilm_on_cuda_in_bf16_matches_cpu_fp32(minilm_path) -> None:
 
 
 def test_cuda_batches_are_pinned() -> None:
-    embedder = TorchEmbedder(LoadedModel(nets.mlp(), "state_dict", "t", (), classifier=True),
-                             ArrayPreprocessor((6,)), device="cuda", precision="fp32")
+    embedder = TorchEmbedder(
+        LoadedModel(nets.mlp(), "state_dict", "t", (), classifier=True),
+        ArrayPreprocessor((6,)),
+        device="cuda",
+        precision="fp32",
+    )
     batch = embedder._prepare(np.zeros((4, 6), dtype=np.float32))
     assert batch.args[0].is_pinned()
     x = np.random.default_rng(0).normal(size=(100, 6)).astype(np.float32)
-    cpu = TorchEmbedder(LoadedModel(nets.mlp(), "state_dict", "t", (), classifier=True),
-                        ArrayPreprocessor((6,)), device="cpu")
+    cpu = TorchEmbedder(
+        LoadedModel(nets.mlp(), "state_dict", "t", (), classifier=True),
+        ArrayPreprocessor((6,)),
+        device="cpu",
+    )
     np.testing.assert_allclose(embedder.embed(x), cpu.embed(x), atol=1e-5)
 
 
@@ -51,8 +57,15 @@ class Hungry(torch.nn.Module):
 
 def test_real_cuda_out_of_memory_halves_the_batch() -> None:
     model = LoadedModel(Hungry(), "state_dict", "t", ())
-    embedder = TorchEmbedder(model, ArrayPreprocessor((3,)), device="cuda", precision="fp32",
-                             layers=["@output"], max_batch_size=64, min_batch_size=4)
+    embedder = TorchEmbedder(
+        model,
+        ArrayPreprocessor((3,)),
+        device="cuda",
+        precision="fp32",
+        layers=["@output"],
+        max_batch_size=64,
+        min_batch_size=4,
+    )
     x = np.ones((64, 3), dtype=np.float32)
     np.testing.assert_allclose(embedder.embed(x), 2 * x)
     assert 4 <= embedder._runner.batch_size <= 32

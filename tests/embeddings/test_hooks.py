@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import embedding_test_nets as nets
 import numpy as np
 import pytest
 import torch
@@ -12,8 +13,6 @@ from torch import nn
 from embeddings import LayerError, LoadedModel, TorchEmbedder, default_layers
 from embeddings.hooks import LayerCapture, model_output, pool, resolve_layers
 from embeddings.preprocessing import ArrayPreprocessor
-
-import embedding_test_nets as nets
 
 
 class CountingCNN(nets.DigitsCNN):
@@ -27,8 +26,9 @@ class CountingCNN(nets.DigitsCNN):
 
 
 def array_embedder(module: nn.Module, shape: tuple[int, ...], **options) -> TorchEmbedder:
-    model = LoadedModel(module=module.eval(), kind="state_dict", source="test", weight_files=(),
-                        classifier=True)
+    model = LoadedModel(
+        module=module.eval(), kind="state_dict", source="test", weight_files=(), classifier=True
+    )
     return TorchEmbedder(model, ArrayPreprocessor(shape), device="cpu", **options)
 
 
@@ -37,8 +37,9 @@ IMAGES = np.random.default_rng(0).normal(size=(7, 1, 8, 8)).astype(np.float32)
 
 def test_named_layers_are_captured_in_a_single_forward_pass() -> None:
     module = CountingCNN()
-    embedder = array_embedder(module, (1, 8, 8), layers=["features.2", "hidden.1", "head"],
-                              max_batch_size=64)
+    embedder = array_embedder(
+        module, (1, 8, 8), layers=["features.2", "hidden.1", "head"], max_batch_size=64
+    )
     layers = embedder.embed_layers(IMAGES)
     assert module.calls == 1
     x = torch.from_numpy(IMAGES)
@@ -46,8 +47,9 @@ def test_named_layers_are_captured_in_a_single_forward_pass() -> None:
         conv = module.features[:3](x)
         hidden = module.hidden[:2](module.features(x))
         logits = module(x)
-    np.testing.assert_allclose(layers["features.2"], conv.mean(dim=(2, 3)).numpy(), rtol=1e-5,
-                               atol=1e-6)  # (n, c, h, w) -> global average pool
+    np.testing.assert_allclose(
+        layers["features.2"], conv.mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6
+    )  # (n, c, h, w) -> global average pool
     np.testing.assert_allclose(layers["hidden.1"], hidden.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(layers["head"], logits.numpy(), rtol=1e-5, atol=1e-6)
     assert embedder.dims == {"features.2": 32, "hidden.1": 32, "head": 10}
@@ -92,20 +94,22 @@ def test_penultimate_is_the_input_of_the_last_linear_and_probabilities_sum_to_on
 
 
 def test_probabilities_need_two_dimensional_logits() -> None:
-    embedder = array_embedder(nn.Sequential(nn.Conv2d(1, 2, 3)), (1, 8, 8),
-                              layers=["@probabilities"])
+    embedder = array_embedder(
+        nn.Sequential(nn.Conv2d(1, 2, 3)), (1, 8, 8), layers=["@probabilities"]
+    )
     with pytest.raises(LayerError, match=r"needs 2-D logits .* got shape \(7, 2, 6, 6\)"):
         embedder.embed(IMAGES)
 
 
 def test_penultimate_needs_a_linear_head() -> None:
-    with pytest.raises(LayerError, match="needs a model with a torch.nn.Linear head"):
+    with pytest.raises(LayerError, match=r"needs a model with a torch\.nn\.Linear head"):
         resolve_layers(nn.Sequential(nn.Conv2d(1, 2, 3)), ["@penultimate"])
 
 
 def test_default_layers() -> None:
-    classifier = LoadedModel(module=nets.mlp(), kind="state_dict", source="x", weight_files=(),
-                             classifier=True)
+    classifier = LoadedModel(
+        module=nets.mlp(), kind="state_dict", source="x", weight_files=(), classifier=True
+    )
     encoder = LoadedModel(module=nets.mlp(), kind="transformers", source="x", weight_files=())
     assert default_layers(classifier) == ("@penultimate", "@probabilities")
     assert default_layers(encoder) == ("@output",)
@@ -142,8 +146,7 @@ def test_text_pooling_mean_cls_max_over_the_attention_mask() -> None:
 
 def test_spatial_pooling_and_flatten() -> None:
     x = torch.randn(3, 4, 5, 6)
-    np.testing.assert_allclose(pool(x, None, "mean").numpy(), x.mean(dim=(2, 3)).numpy(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(pool(x, None, "mean").numpy(), x.mean(dim=(2, 3)).numpy(), rtol=1e-6)
     np.testing.assert_allclose(pool(x, None, "max").numpy(), x.amax(dim=(2, 3)).numpy())
     assert pool(x, None, "flatten").shape == (3, 120)
     assert pool(torch.ones(3), None, "mean").shape == (3, 1)
@@ -169,10 +172,15 @@ def test_text_model_hidden_layer_mean_pooled(tiny_bert_dir: Path) -> None:
     for i, text in enumerate(texts):  # one at a time: no padding at all
         with torch.no_grad():
             out = module(**tokenizer([text], return_tensors="pt"), output_hidden_states=True)
-        np.testing.assert_allclose(layers["encoder.layer.0"][i],
-                                   out.hidden_states[1][0].mean(0).numpy(), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(layers["@output"][i],
-                                   out.last_hidden_state[0].mean(0).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            layers["encoder.layer.0"][i],
+            out.hidden_states[1][0].mean(0).numpy(),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        np.testing.assert_allclose(
+            layers["@output"][i], out.last_hidden_state[0].mean(0).numpy(), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_torchscript_layers_cannot_be_hooked(tmp_path: Path) -> None:
@@ -184,7 +192,9 @@ def test_torchscript_layers_cannot_be_hooked(tmp_path: Path) -> None:
     with pytest.raises(LayerError, match="TorchScript"):
         resolve_layers(scripted, ["0"], hookable=False)
     assert resolve_layers(scripted, ["@output", "@probabilities"], hookable=False) == (
-        "@output", "@probabilities")
+        "@output",
+        "@probabilities",
+    )
 
 
 def test_layer_capture_input_hook() -> None:
@@ -192,6 +202,7 @@ def test_layer_capture_input_hook() -> None:
     x = torch.randn(4, 6)
     with torch.no_grad(), LayerCapture(module, ["2:input", "0"]) as capture:
         module(x)
-        np.testing.assert_allclose(capture.take("2:input").numpy(),
-                                   torch.relu(module[0](x)).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(
+            capture.take("2:input").numpy(), torch.relu(module[0](x)).numpy(), rtol=1e-6
+        )
         np.testing.assert_allclose(capture.take("0").numpy(), module[0](x).numpy(), rtol=1e-6)

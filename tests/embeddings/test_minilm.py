@@ -16,28 +16,85 @@ from embeddings import PCAReducer, split_reference
 
 TOPICS = {
     "sports": (
-        ["The striker", "Our goalkeeper", "The home team", "The coach", "The young sprinter",
-         "The tennis champion", "The captain"],
-        ["scored twice in", "was injured during", "celebrated after", "trained hard before",
-         "was sent off in", "won the trophy at"],
-        ["the derby", "the cup final", "the marathon", "the league match", "the semifinal",
-         "the away game"],
+        [
+            "The striker",
+            "Our goalkeeper",
+            "The home team",
+            "The coach",
+            "The young sprinter",
+            "The tennis champion",
+            "The captain",
+        ],
+        [
+            "scored twice in",
+            "was injured during",
+            "celebrated after",
+            "trained hard before",
+            "was sent off in",
+            "won the trophy at",
+        ],
+        [
+            "the derby",
+            "the cup final",
+            "the marathon",
+            "the league match",
+            "the semifinal",
+            "the away game",
+        ],
     ),
     "finance": (
-        ["The central bank", "Shareholders", "The hedge fund", "The treasury", "Investors",
-         "The stock exchange", "The auditor"],
-        ["raised interest rates after", "sold bonds before", "reported losses in",
-         "cut its dividend during", "bought shares after", "warned about inflation in"],
-        ["the quarterly report", "the market crash", "the earnings call", "the budget review",
-         "the merger talks", "the fiscal year"],
+        [
+            "The central bank",
+            "Shareholders",
+            "The hedge fund",
+            "The treasury",
+            "Investors",
+            "The stock exchange",
+            "The auditor",
+        ],
+        [
+            "raised interest rates after",
+            "sold bonds before",
+            "reported losses in",
+            "cut its dividend during",
+            "bought shares after",
+            "warned about inflation in",
+        ],
+        [
+            "the quarterly report",
+            "the market crash",
+            "the earnings call",
+            "the budget review",
+            "the merger talks",
+            "the fiscal year",
+        ],
     ),
     "weather": (
-        ["A cold front", "Heavy rain", "The hurricane", "Thick fog", "A heatwave",
-         "Strong winds", "The snowstorm"],
-        ["is expected over", "flooded streets in", "moved slowly across", "will hit",
-         "brought thunder to", "cleared away from"],
-        ["the coast tonight", "the northern valleys", "the mountains this weekend",
-         "the city on Monday", "the islands", "the plains tomorrow"],
+        [
+            "A cold front",
+            "Heavy rain",
+            "The hurricane",
+            "Thick fog",
+            "A heatwave",
+            "Strong winds",
+            "The snowstorm",
+        ],
+        [
+            "is expected over",
+            "flooded streets in",
+            "moved slowly across",
+            "will hit",
+            "brought thunder to",
+            "cleared away from",
+        ],
+        [
+            "the coast tonight",
+            "the northern valleys",
+            "the mountains this weekend",
+            "the city on Monday",
+            "the islands",
+            "the plains tomorrow",
+        ],
     ),
 }
 
@@ -78,7 +135,8 @@ def test_vectors_equal_sentence_transformers_encode(minilm, sentence_transformer
     theirs = sentence_transformer.encode(texts, batch_size=8, convert_to_numpy=True)
     assert ours.shape == theirs.shape == (32, 384) and ours.dtype == np.float32
     cosine = (ours * theirs).sum(axis=1) / (
-        np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
+        np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1)
+    )
     assert cosine.min() > 0.999, cosine.min()
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, rtol=1e-5)  # Normalize module
 

@@ -37,9 +37,13 @@ def test_without_truncation_a_long_text_is_an_error(tokenizer) -> None:
 
 def test_text_payloads_must_be_text(tokenizer) -> None:
     pre = TextPreprocessor(tokenizer, max_length=16)
-    with pytest.raises(PayloadError, match=r"payload 1: expected a str or \{'text': str\}, got int"):
+    with pytest.raises(
+        PayloadError, match=r"payload 1: expected a str or \{'text': str\}, got int"
+    ):
         pre.validate(["ok", 3])
-    with pytest.raises(PayloadError, match=r"payload 0: .*got a mapping with keys \['array'\]") as info:
+    with pytest.raises(
+        PayloadError, match=r"payload 0: .*got a mapping with keys \['array'\]"
+    ) as info:
         pre.validate([{"array": [1.0]}])
     assert info.value.index == 0
 
@@ -48,8 +52,13 @@ def test_lowercase_and_settings(tokenizer) -> None:
     pre = TextPreprocessor(tokenizer, max_length=8, lowercase=True, tokenizer_sha256="abc")
     assert pre.validate(["MiXeD"]) == ["mixed"]
     assert pre.settings == {
-        "kind": "text", "tokenizer": type(tokenizer).__name__, "tokenizer_sha256": "abc",
-        "max_length": 8, "truncation": True, "lowercase": True, "padding_side": "right",
+        "kind": "text",
+        "tokenizer": type(tokenizer).__name__,
+        "tokenizer_sha256": "abc",
+        "max_length": 8,
+        "truncation": True,
+        "lowercase": True,
+        "padding_side": "right",
     }
     np.testing.assert_array_equal(pre.lengths(["ab", "abcd"]), [2, 4])
     with pytest.raises(ValueError, match="max_length must be an int >= 2"):
@@ -71,7 +80,10 @@ def test_arrays_of_the_configured_shape_nested_flat_or_in_a_mapping() -> None:
 @pytest.mark.parametrize(
     ("payload", "match"),
     [
-        ([1, 2, 3, 4, 5], r"payload 1: expected shape \(2, 3\) \(or 6 values flat\), got shape \(5,\)"),
+        (
+            [1, 2, 3, 4, 5],
+            r"payload 1: expected shape \(2, 3\) \(or 6 values flat\), got shape \(5,\)",
+        ),
         ([[1, 2], [3, 4], [5, 6]], r"expected shape \(2, 3\) .*got shape \(3, 2\)"),
         ("123456", "expected a numeric array of shape"),
         ({"text": "x"}, "got a mapping with keys"),

@@ -30,8 +30,9 @@ def correlated_gaussian() -> np.ndarray:
 
 
 def ks_on_components(reference: np.ndarray, current: np.ndarray) -> bool:
-    detector = KSDetector({f"pc{i}": reference[:, i] for i in range(K)}, alpha=ALPHA,
-                          correction="bonferroni")
+    detector = KSDetector(
+        {f"pc{i}": reference[:, i] for i in range(K)}, alpha=ALPHA, correction="bonferroni"
+    )
     return detector.test({f"pc{i}": current[:, i] for i in range(K)}).drifted
 
 
@@ -90,14 +91,14 @@ def test_pca_matches_scikit_learn_up_to_sign() -> None:
     from sklearn.decomposition import PCA
 
     x = np.random.default_rng(0).normal(size=(80, 12)) @ np.random.default_rng(1).normal(
-        size=(12, 12))
+        size=(12, 12)
+    )
     ours = PCAReducer.fit(x, 4)
     theirs = PCA(n_components=4, svd_solver="full").fit(x)
     signs = np.sign((ours.components * theirs.components_).sum(axis=1))
     np.testing.assert_allclose(ours.components, theirs.components_ * signs[:, None], atol=1e-8)
     np.testing.assert_allclose(ours.explained_variance, theirs.explained_variance_, rtol=1e-8)
-    np.testing.assert_allclose(ours.transform(x), theirs.transform(x) * signs, rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(ours.transform(x), theirs.transform(x) * signs, rtol=1e-4, atol=1e-4)
     assert ours.transform(x).dtype == np.float32
     again = PCAReducer.fit(x.copy(), 4)
     assert again.settings == ours.settings  # deterministic signs -> same fingerprint
@@ -125,7 +126,10 @@ def test_random_projection_is_seeded_and_preserves_distances_roughly() -> None:
     ratio = np.linalg.norm(a[0] - a[1]) / np.linalg.norm(x[0] - x[1])
     assert 0.6 < ratio < 1.4
     assert RandomProjection(64, seed=3).settings == {
-        "kind": "random_projection", "n_components": 64, "seed": 3}
+        "kind": "random_projection",
+        "n_components": 64,
+        "seed": 3,
+    }
     with pytest.raises(ValueError, match="n_components"):
         RandomProjection(0, seed=0)
 
@@ -142,7 +146,8 @@ def test_no_reduction_and_reduced_embedder_fingerprint() -> None:
     projection = RandomProjection(2, seed=0)
     reduced = ReducedEmbedder(Fixed(), projection)
     assert reduced.embed(["a", "b", "c"]).shape == (3, 2)
-    assert reduced.fingerprint == sha256_json({"embedder": "inner",
-                                               "reduction": projection.settings})
+    assert reduced.fingerprint == sha256_json(
+        {"embedder": "inner", "reduction": projection.settings}
+    )
     assert reduced.fingerprint != ReducedEmbedder(Fixed(), RandomProjection(2, seed=1)).fingerprint
     assert reduced.describe() == {"embedder": "inner", "reduction": projection.settings}

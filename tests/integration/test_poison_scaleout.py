@@ -496,7 +496,8 @@ def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
     for s, extra in models:
         ref = s.write_reference_csv(tmp_path / f"ref-{s.model}.csv", REFERENCE_ROWS)
         model_docs.append({**s.settings_doc(ref, POISON_WINDOW), **extra})
-    decoder = Decoder({s.model: ModelSchema(s.features()) for s in streams}, 1 << 20)
+    decoder = Decoder({s.model: ModelSchema(s.features())  # type: ignore[arg-type]
+                       for s in streams}, 1 << 20)
 
     def reject_reason(value: bytes | None) -> str | None:
         try:
@@ -543,14 +544,14 @@ def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
         insert_at[rng.randrange(len(base) + 1)].append(item)
     plan: list[Planned] = []
     for j in range(len(base) + 1):
-        for category, value, reason in insert_at.get(j, ()):
+        for category, poison, reason in insert_at.get(j, ()):
             how = rng.random()
             key = (rng.choice(streams).model.encode() if how < 0.6
                    else None if how < 0.8 else rng.randbytes(8))
             part = rng.randrange(PARTITIONS) if 0.7 <= how < 0.8 else None
-            if value is None and key is None:  # Kafka needs a key or a value
+            if poison is None and key is None:  # Kafka needs a key or a value
                 key = b"tombstone"
-            plan.append((category, key, value, part, reason))
+            plan.append((category, key, poison, part, reason))
         if j < len(base):
             plan.append(base[j])
 
@@ -583,8 +584,10 @@ def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
                    150, "the clean run's windows", both, interval=1)
         wait_until(lambda: len({(r["model"], r["window_index"])
                                 for r in stored(d_poison.db_url)}) == expected_windows
-                   and sum(end_offsets(kafka_broker.bootstrap, dlq, 1).values()) >= n_poison,
-                   150, "the poisoned run's windows and dead letters", both, interval=1)
+                   and sum(end_offsets(kafka_broker.bootstrap, dlq, 1).values()) >= n_poison
+                   and d_poison.metric("driftline_records_consumed_total") >= n_valid,
+                   150, "the poisoned run's windows, dead letters and valid records", both,
+                   interval=1)
         rejected = {r: d_poison.metric("driftline_records_rejected_total", reason=r)
                     for r in REJECT_REASONS}
         consumed = d_poison.metric("driftline_records_consumed_total")
