@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import logging
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 

@@ -12,6 +12,7 @@ from monitor.schema import InferenceRecord
 from monitor.settings import parse_settings
 from monitor.windows import CountWindows
 
+
 def model_doc(**over: object) -> dict:
     doc = {"name": "m", "reference": {"path": "unused.csv"},
            "features": [{"name": "x", "type": "numeric"}, {"name": "c", "type": "categorical"}],

@@ -62,7 +62,7 @@ def test_commits_stop_at_the_earliest_open_window(tmp_path: Path) -> None:
 
 def test_bad_records_are_dead_lettered_with_coordinates_and_counted(tmp_path: Path) -> None:
     good = list(STREAM.encoded(1000))
-    values: list[bytes | None] = good[:500] + [b"{oops", None, b'{"model": "zzz"}'] + good[500:]
+    values: list[bytes | None] = [*good[:500], b"{oops", None, b'{"model": "zzz"}', *good[500:]]
     daemon, source, dead = run(tmp_path, values)
     daemon.run(until_exhausted=True)
     got = [(m.offset, e.reason) for m, e in dead.records]
@@ -140,7 +140,7 @@ def test_restart_replays_open_windows_and_changes_no_result(tmp_path: Path) -> N
     committed = src1.committed[("memory", 0)]
     assert committed == 3000
     # the crash happens after storing window 3 but before committing: replay from 2000
-    second, src2, _ = run(b_dir, values[2000:], db=db, first_offset=2000)
+    second, _src2, _ = run(b_dir, values[2000:], db=db, first_offset=2000)
     second.run(until_exhausted=True)
     assert second.pipeline.skipped_replayed == 1000
     got = second.store.results()

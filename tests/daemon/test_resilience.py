@@ -127,7 +127,7 @@ def test_health_endpoints_follow_source_and_storage_state(tmp_path: Path) -> Non
 
     def get(path: str) -> tuple[int, dict]:
         try:
-            with urllib.request.urlopen(base + path, timeout=5) as r:  # noqa: S310
+            with urllib.request.urlopen(base + path, timeout=5) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             body = json.loads(e.read())
@@ -143,7 +143,7 @@ def test_health_endpoints_follow_source_and_storage_state(tmp_path: Path) -> Non
         assert get("/readyz")[0] == 503 and get("/healthz")[0] == 200
         health.stopped = True
         assert get("/healthz")[0] == 503
-        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:  # noqa: S310
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
             assert b"driftline_build_info" in r.read()
     finally:
         server.shutdown()

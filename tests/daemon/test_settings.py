@@ -76,5 +76,5 @@ def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.yml", env={})
     bad = tmp_path / "bad.yml"
     bad.write_text("models: [\n")
-    with pytest.raises(ConfigError, match="bad.yml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yml: not valid YAML"):
         load_settings(bad, env={})
