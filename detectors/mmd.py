@@ -20,6 +20,9 @@ BACKENDS: tuple[str, ...] = ("numpy", "torch")
 MEDIAN_ROWS = 2000
 #: The reference's kernel tiles are kept between windows when they take at most this.
 REFERENCE_CACHE_BYTES = 256 * 2**20
+#: Permuted statistics within this times the pooled mean kernel value of the observed one
+#: count as ties (see :class:`MMDDetector` Notes).
+TIE_TOLERANCE = 1e-12
 #: Rows of permutation labels drawn at a time (bounds the random keys' memory).
 _LABEL_CHUNK = 128
 
@@ -118,9 +121,13 @@ class MMDDetector:
               \\widehat{\\mathrm{MMD}}^2_{u,\\mathrm{obs}} - \\tau\\}}{1 + P},
 
     valid (never anti-conservative) for a fixed kernel under exchangeability. The
-    tolerance :math:`\\tau = 64\\,\\varepsilon` of the compute dtype (kernel values are
-    at most 1) counts rounding-level ties as ties, so that mathematically equal
-    statistics (e.g. duplicated rows) compare the same way on every backend. The
+    tolerance :math:`\\tau = 10^{-12}\\,T/N^2` (:math:`T/N^2` is the pooled mean
+    kernel value, the scale of every term) counts float64 rounding-level differences
+    as ties, so that mathematically equal statistics (e.g. of duplicated rows) compare
+    the same way on every float64 backend; it is many orders of magnitude below the
+    null spread of the statistic (which shrinks like :math:`1/N`). In float32 exact
+    ties are split by rounding noise instead, which can lower the p-value by up to the
+    fraction of tied permutations: use float64 for very discrete data. The
     relabellings are drawn by ``numpy.random.default_rng(seed)`` (each row: the
     :math:`n` smallest of :math:`N` uniform keys), the same for every window and for
     both backends, which therefore give the same p-value.
@@ -133,11 +140,12 @@ class MMDDetector:
     once per window, costing :math:`N^2 d` multiply-adds for the kernel and
     :math:`N^2 (P+1)` for the permutations (halved by symmetry). Memory is
     :math:`O(N(P + d) + \\mathrm{block\\_size}^2 + \\mathrm{block\\_size}\\,P)`: at
-    :math:`n = m = 50\\,000`, :math:`d = 384`, :math:`P = 1000`, float64, about 1.2 GB
-    (:math:`S` 0.8 GB, labels 0.1 GB, data 0.3 GB, one tile 32 MB), against 80 GB
-    for the dense :math:`K`. The reference's own tiles (:math:`K_{XX}`) and their row
-    sums are computed once, here, and reused by every window when they take at most
-    :data:`REFERENCE_CACHE_BYTES`.
+    :math:`n = m = 50\\,000`, :math:`d = 384`, float64, about 1.6 GB with
+    :math:`P = 1000` (:math:`S` 0.8 GB, labels and their random keys 0.3 GB, data
+    and its copies 0.5 GB, one tile 32 MB; 0.95 GiB peak RSS measured with
+    :math:`P = 100`), against 80 GB for the dense :math:`K`. The reference's own
+    tiles (:math:`K_{XX}`) and their row sums are computed once, here, and reused by
+    every window when they take at most :data:`REFERENCE_CACHE_BYTES`.
 
     **Bandwidth.** ``"median"`` sets :math:`\\sigma` to the median Euclidean distance
     between distinct reference rows (over the pairs of a seeded subsample of
@@ -159,10 +167,13 @@ class MMDDetector:
     detectable mean shift by about :math:`\\sqrt{n / \\mathrm{max\\_n}}`).
 
     **Precision.** float64 (the CPU default) agrees with the dense formula to about
-    :math:`10^{-12}`. float32 (the CUDA default, faster) has absolute errors of order
-    :math:`10^{-6}` in the statistic, small next to the null spread
-    (:math:`\\gtrsim 1/N`) up to tens of thousands of rows per side; ask for
-    ``dtype="float64"`` for exact agreement with the CPU.
+    :math:`10^{-13}` absolute. float32 (the CUDA default, several times faster on GPUs)
+    differs from it by about :math:`10^{-9}` (:math:`n = m = 2000`, :math:`d = 384`),
+    far below the null spread (:math:`2 \\cdot 10^{-5}` there), so p-values agree up to
+    rare near-boundary permutations; ask for ``dtype="float64"`` for the same p-values
+    as the CPU. TF32 matrix products (``torch.backends.cuda.matmul.allow_tf32``, off
+    by default; the detector does not touch global torch settings) lose about three
+    more digits in the squared distances and should stay off.
     """
 
     name = "mmd"
@@ -219,7 +230,6 @@ class MMDDetector:
         else:
             self._ops = _TorchOps(device, dtype)
         self.device, self.dtype = self._ops.device, self._ops.dtype
-        self._tie = 64.0 * float(np.finfo(self.dtype).eps)
 
         ops = self._ops
         self._n = ref.shape[0]
@@ -288,10 +298,8 @@ class MMDDetector:
             return insufficient(
                 self.name, (self.feature,), [self._n], [cur.shape[0]], self.alpha, "none"
             )
-        observed, permuted = self._statistics(cur)
-        p_value = (1.0 + np.count_nonzero(permuted >= observed - self._tie)) / (
-            1.0 + self.n_permutations
-        )
+        observed, permuted, tolerance = self._statistics(cur)
+        p_value = permutation_p_value(observed, permuted, tolerance)
         m = min(cur.shape[0], self.max_n or cur.shape[0])
         return assemble(
             self.name,
@@ -304,8 +312,9 @@ class MMDDetector:
             "none",
         )
 
-    def _statistics(self, cur: np.ndarray) -> tuple[float, np.ndarray]:
-        """Observed and permuted :math:`\\widehat{\\mathrm{MMD}}^2_u` of a validated window."""
+    def _statistics(self, cur: np.ndarray) -> tuple[float, np.ndarray, float]:
+        """Observed and permuted :math:`\\widehat{\\mathrm{MMD}}^2_u` of a validated window,
+        and the tie tolerance :math:`\\tau`."""
         cur = subsample(cur, self.max_n, (self.seed, 2))
         ops, n, m = self._ops, self._n, cur.shape[0]
         big_n = n + m
@@ -348,7 +357,7 @@ class MMDDetector:
         within_x = (m / big_n) ** 2 * q_np + 2.0 * m * u / big_n**2 + total / big_n**2
         within_y = (n / big_n) ** 2 * q_np - 2.0 * n * u / big_n**2 + total / big_n**2
         mmd2 = q_np + (within_x - 1.0) / (n - 1) + (within_y - 1.0) / (m - 1)
-        return float(mmd2[0]), mmd2[1:]
+        return float(mmd2[0]), mmd2[1:], TIE_TOLERANCE * total / big_n**2
 
 
 # --- the two backends: the same operations on numpy arrays and on torch tensors ---------------
@@ -560,6 +569,11 @@ def permutation_labels(seed: int, n: int, m: int, n_permutations: int) -> np.nda
         chosen = np.argpartition(keys, n - 1, axis=1)[:, :n]
         np.put_along_axis(labels[start:stop], chosen, True, axis=1)
     return labels
+
+
+def permutation_p_value(observed: float, permuted: np.ndarray, tolerance: float) -> float:
+    """:math:`(1 + \\#\\{b: T_b \\ge T_{obs} - \\tau\\}) / (1 + P)`."""
+    return (1.0 + np.count_nonzero(permuted >= observed - tolerance)) / (1.0 + permuted.size)
 
 
 def tiles(start: int, stop: int, size: int) -> list[tuple[int, int]]:
