@@ -6,7 +6,9 @@ package, never the other way round.
 
 from __future__ import annotations
 
+from .backend import DeviceUnavailableError, resolve_device
 from .base import Detector
+from .c2st import ClassifierTwoSampleDetector
 from .bbse import BBSE, LabelShiftEstimate, SingularConfusionMatrixError
 from .chisquare import ChiSquareDetector
 from .correction import CORRECTIONS, adjust_p_values
@@ -14,7 +16,9 @@ from .cvm import AndersonDarlingDetector, CramerVonMisesDetector
 from .divergence import JSDetector, KLDetector
 from .errors import DetectorError, InsufficientDataError
 from .ks import KSDetector
+from .ks_torch import TorchKSDetector, ks_statistics_torch
 from .label import LabelDriftDetector, PerformanceDriftDetector, PredictionDriftDetector
+from .mmd import MMDDetector
 from .psi import PSIDetector
 from .registry import KINDS, LARGE_REFERENCE, DetectorInfo, build, choose
 from .results import DriftResult, FeatureResult
@@ -30,10 +34,12 @@ __all__ = [
     "LARGE_REFERENCE",
     "AndersonDarlingDetector",
     "ChiSquareDetector",
+    "ClassifierTwoSampleDetector",
     "CramerVonMisesDetector",
     "Detector",
     "DetectorError",
     "DetectorInfo",
+    "DeviceUnavailableError",
     "DriftResult",
     "FeatureResult",
     "InsufficientDataError",
@@ -42,13 +48,17 @@ __all__ = [
     "KSDetector",
     "LabelDriftDetector",
     "LabelShiftEstimate",
+    "MMDDetector",
     "PSIDetector",
     "PageHinkley",
     "PerformanceDriftDetector",
     "PredictionDriftDetector",
     "SingularConfusionMatrixError",
+    "TorchKSDetector",
     "WassersteinDetector",
     "adjust_p_values",
     "build",
     "choose",
+    "ks_statistics_torch",
+    "resolve_device",
 ]

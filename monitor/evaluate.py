@@ -9,13 +9,16 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from detectors import Detector, DriftResult
+from detectors.c2st import ClassifierTwoSampleDetector
+from detectors.mmd import MMDDetector
 from detectors.registry import KINDS, build, choose
 from monitor.schema import FeatureKind
-from monitor.settings import DetectorSettings, ModelSettings
+from monitor.settings import MULTIVARIATE, DetectorSettings, ModelSettings
 from monitor.windows import ClosedWindow, TopicPartition
 
 
@@ -49,7 +52,11 @@ class ModelEvaluator:
         self.model = model.name
         self.features: dict[str, FeatureKind] = {f.name: f.type for f in model.features}
         self.detectors: list[tuple[Detector, tuple[str, ...]]] = []
+        self._scale: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for spec in model.detectors or default_detectors(model, reference):
+            if spec.kind in MULTIVARIATE:
+                self.detectors.append(self._multivariate(spec, model, reference))
+                continue
             info = KINDS[spec.kind]
             names = spec.features or tuple(
                 n for n, k in self.features.items() if k in info.feature_types)
@@ -59,6 +66,32 @@ class ModelEvaluator:
                 else {} if spec.threshold is None else {"threshold": spec.threshold})
             det = build(spec.kind, {n: reference[n] for n in names}, **params)
             self.detectors.append((det, names))
+
+    def _multivariate(self, spec: DetectorSettings, model: ModelSettings,
+                      reference: Mapping[str, np.ndarray]) -> tuple[Detector, tuple[str, ...]]:
+        names = spec.features or tuple(n for n, k in self.features.items() if k == "numeric")
+        ref = np.column_stack([reference[n] for n in names])
+        # Features on different scales would let the widest dominate the kernel or the
+        # classifier: standardise every window with the reference's mean and spread.
+        mean, std = ref.mean(axis=0), ref.std(axis=0)
+        self._scale[spec.kind] = (mean, np.where(std > 0, std, 1.0))
+        ref = (ref - mean) / self._scale[spec.kind][1]
+        alpha = spec.alpha or model.alpha
+        det: Any
+        if spec.kind == "mmd":
+            det = MMDDetector(ref, alpha=alpha, n_permutations=spec.n_permutations,
+                              backend=spec.backend, device=spec.device, max_n=spec.max_n,
+                              feature="features")
+        else:
+            det = ClassifierTwoSampleDetector(ref, alpha=alpha, max_n=spec.max_n,
+                                              feature="features")
+        return det, names
+
+    def _matrix(self, kind: str, window: ClosedWindow, names: Sequence[str]) -> np.ndarray:
+        x = np.asarray([[r.features[n] for n in names] for r in window.records],
+                       dtype=np.float64).reshape(len(window.records), len(names))
+        mean, std = self._scale[kind]
+        return (x - mean) / std
 
     @property
     def detector_names(self) -> list[str]:
@@ -73,7 +106,10 @@ class ModelEvaluator:
         return out
 
     def evaluate(self, window: ClosedWindow) -> WindowReport:
-        results = tuple(det.test(self.columns(window, names)) for det, names in self.detectors)
+        results = tuple(
+            det.test(self._matrix(det.name, window, names) if det.name in MULTIVARIATE
+                     else self.columns(window, names))
+            for det, names in self.detectors)
         return WindowReport(
             model=self.model, window_index=window.index, window_start=window.start,
             window_end=window.end, n_records=len(window.records), results=results,

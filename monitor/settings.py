@@ -50,7 +50,10 @@ Window = Annotated[CountWindow | TimeWindow, Field(discriminator="kind")]
 Correction = Literal["bonferroni", "benjamini-hochberg", "none"]
 
 
-DetectorKind = Literal["ks", "chi2", "cvm", "anderson", "psi", "kl", "js", "wasserstein"]
+DetectorKind = Literal["ks", "chi2", "cvm", "anderson", "psi", "kl", "js", "wasserstein",
+                       "mmd", "c2st"]
+#: Multivariate detectors: one test over all the selected numeric features together.
+MULTIVARIATE = frozenset({"mmd", "c2st"})
 
 
 class DetectorSettings(_Strict):
@@ -62,9 +65,19 @@ class DetectorSettings(_Strict):
     correction: Correction | None = None
     threshold: float | None = Field(
         default=None, gt=0, description="Distance detectors (psi, kl, js, wasserstein) only.")
+    # mmd only:
+    n_permutations: int = Field(default=1000, ge=10)
+    backend: Literal["numpy", "torch"] = "numpy"
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda|cuda:\d+|auto)$")
+    max_n: int | None = Field(default=None, ge=10, description="Subsample each side to this.")
 
     @model_validator(mode="after")
     def _params_fit_kind(self) -> DetectorSettings:
+        if self.kind in MULTIVARIATE:
+            if self.threshold is not None or self.correction is not None:
+                raise ValueError(f"'{self.kind}' is one test over all its features: set alpha, "
+                                 "not threshold/correction")
+            return self
         info = KINDS[self.kind]
         if info.has_p_value and self.threshold is not None:
             raise ValueError(f"'{self.kind}' is a test with a p-value: set alpha, not threshold")
@@ -132,7 +145,13 @@ class ModelSettings(_Strict):
             if det.kind == "anderson" and not 0.001 < alpha <= 0.25:
                 raise ValueError(f"detectors[{i}] (anderson): its p-values lie in [0.001, "
                                  f"0.25], so alpha must be in (0.001, 0.25], got {alpha}")
-            supported = KINDS[det.kind].feature_types
+            if det.kind == "mmd" and 1 / (det.n_permutations + 1) >= alpha:
+                raise ValueError(
+                    f"detectors[{i}] (mmd): with n_permutations={det.n_permutations} the "
+                    f"smallest p-value is 1/{det.n_permutations + 1}, not below alpha={alpha}: "
+                    f"raise n_permutations above {int(1 / alpha)}")
+            supported = (frozenset({"numeric"}) if det.kind in MULTIVARIATE
+                         else KINDS[det.kind].feature_types)
             if det.features is None and not any(k in supported for k in kinds.values()):
                 raise ValueError(f"detectors[{i}] ({det.kind}) has no "
                                  f"{' or '.join(sorted(supported))} features to test")

@@ -69,9 +69,37 @@ def test_threshold_reaches_distance_detectors() -> None:
     ({"kind": "ks", "threshold": 0.1}, "set alpha, not threshold"),
     ({"kind": "psi", "alpha": 0.01}, "set threshold, not alpha"),
     ({"kind": "wasserstein", "features": ["c"]}, "'c' is categorical"),
-    ({"kind": "mmd"}, r"detectors\[0\]\.kind"),
+    ({"kind": "energy"}, r"detectors\[0\]\.kind"),
     ({"kind": "anderson"}, r"alpha must be in \(0.001, 0.25\], got 0.001"),
 ])
 def test_bad_detector_settings_name_the_problem(det: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_settings({"models": [model_doc(detectors=[det])]}, env={})
+
+
+@pytest.mark.parametrize("det", [
+    {"kind": "mmd", "n_permutations": 200, "max_n": 400, "alpha": 0.01},
+    {"kind": "mmd", "n_permutations": 200, "max_n": 400, "alpha": 0.01, "backend": "torch"},
+    {"kind": "c2st", "max_n": 1000},
+])
+def test_multivariate_detectors_run_from_settings(det: dict) -> None:
+    ev = evaluator(detectors=[det])
+    assert ev.detector_names == [det["kind"]]
+    quiet, shifted = ev.evaluate(window(0.0)), ev.evaluate(window(1.5))
+    assert not quiet.results[0].drifted and shifted.results[0].drifted
+    assert quiet.results[0].p_value is not None
+
+
+def test_multivariate_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="set alpha, not threshold"):
+        parse_settings({"models": [model_doc(detectors=[{"kind": "mmd", "threshold": 1}])]},
+                       env={})
+    with pytest.raises(ConfigError, match="'c' is categorical"):
+        parse_settings({"models": [model_doc(detectors=[{"kind": "c2st", "features": ["c"]}])]},
+                       env={})
+    with pytest.raises(ConfigError, match="smallest p-value is 1/201, not below alpha=0.001"):
+        parse_settings({"models": [model_doc(detectors=[{"kind": "mmd",
+                                                         "n_permutations": 200}])]}, env={})
+    with pytest.raises(ConfigError, match=r"detectors\[0\]\.device"):
+        parse_settings({"models": [model_doc(detectors=[{"kind": "mmd", "device": "gpu"}])]},
+                       env={})
