@@ -329,6 +329,20 @@ def _panels() -> list[dict[str, Any]]:
                      [target(f"sum by (outcome) (rate(driftline_labels_total{RATE}))",
                              "{{outcome}}"),
                       target("sum(driftline_labels_waiting)", "waiting")]), 12, 8)
+
+    g.row("Embeddings")
+    g.add(timeseries("Inputs embedded / s", "Inputs of each model run through the deployed "
+                     "model to test drift in its feature space.",
+                     [target(f"sum by (model) (rate(driftline_embedded_records_total{{{M}}}"
+                             f"{RATE}))", "{{model}}")]), 12, 8)
+    def emb_q(q: float) -> str:
+        return (f"histogram_quantile({q}, sum by (le, model) "
+                f"(rate(driftline_embedding_duration_seconds_bucket{{{M}}}{RATE})))")
+
+    g.add(timeseries("Embedding time per window p50 / p95", "Time to embed one window's "
+                     "inputs (batched, on the configured device).",
+                     [target(emb_q(0.5), "p50 {{model}}"),
+                      target(emb_q(0.95), "p95 {{model}}")], unit="s"), 12, 8)
     return g.panels
 
 

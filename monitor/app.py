@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Any
 
 from monitor.deadletter import DeadLetter
+from monitor.errors import ConfigError
 from monitor.evaluate import ModelEvaluator, WindowReport
 from monitor.health import serve
 from monitor.labels import LabelEvaluator, LabelJoin
@@ -89,11 +90,13 @@ def build_daemon(
         kinds = {f.name: f.type for f in m.features}
         evaluator = load_or_build(m, lambda m=m, kinds=kinds: ModelEvaluator(  # type: ignore[misc]
             m, load_reference(m.reference.path, kinds, m.reference.format)), cache_dir)
+        if m.embedding is not None:
+            evaluator.embedding = _embedding(m, metrics, cache_dir)
         new_windows = _windows_factory(m)
         models[m.name] = ModelState(
             StreamState(evaluator, new_windows(None), new_windows),
             _label_stream(m) if m.labels is not None else None)
-        schemas[m.name] = ModelSchema(kinds)
+        schemas[m.name] = ModelSchema(kinds, needs_input=m.embedding is not None)
 
     # Only now touch the database: bad references fail first and leave no file behind.
     store = SqlStore(settings.storage.url)
@@ -127,6 +130,22 @@ def build_daemon(
         log.info("serving /metrics, /healthz, /readyz on %s:%d", settings.metrics.address,
                  daemon.metrics_port)
     return daemon
+
+
+def _embedding(m: ModelSettings, metrics: Metrics, cache_dir: Path | None) -> Any:
+    from embeddings.errors import EmbeddingError
+    from monitor.embedding_drift import EmbeddingDrift
+
+    assert m.embedding is not None  # noqa: S101
+
+    def timed(n: int, seconds: float) -> None:  # the embeddings package has no metrics
+        metrics.embedded_records.labels(model=m.name).inc(n)
+        metrics.embedding_duration.labels(model=m.name).observe(seconds)
+
+    try:
+        return EmbeddingDrift(m.embedding, m.alpha, cache_dir, on_embedded=timed)
+    except (EmbeddingError, OSError, ValueError, ImportError) as exc:
+        raise ConfigError(f"model '{m.name}', embedding: {exc}") from exc
 
 
 def _label_stream(m: ModelSettings) -> StreamState:

@@ -53,6 +53,7 @@ class ModelEvaluator:
         self.features: dict[str, FeatureKind] = {f.name: f.type for f in model.features}
         self.detectors: list[tuple[Detector, tuple[str, ...]]] = []
         self._scale: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.embedding: Any = None  # monitor.embedding_drift.EmbeddingDrift, attached later
         for spec in model.detectors or default_detectors(model, reference):
             if spec.kind in MULTIVARIATE:
                 self.detectors.append(self._multivariate(spec, model, reference))
@@ -95,7 +96,12 @@ class ModelEvaluator:
 
     @property
     def detector_names(self) -> list[str]:
-        return [d.name for d, _ in self.detectors]
+        names = [d.name for d, _ in self.detectors]
+        return names + (self.embedding.detector_names if self.embedding is not None else [])
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The saved reference state never includes the model (it has its own cache).
+        return {**self.__dict__, "embedding": None}
 
     def columns(self, window: ClosedWindow, names: Sequence[str]) -> dict[str, np.ndarray]:
         out = {}
@@ -110,6 +116,8 @@ class ModelEvaluator:
             det.test(self._matrix(det.name, window, names) if det.name in MULTIVARIATE
                      else self.columns(window, names))
             for det, names in self.detectors)
+        if self.embedding is not None:
+            results += tuple(self.embedding.test([r.raw_input for r in window.records]))
         return WindowReport(
             model=self.model, window_index=window.index, window_start=window.start,
             window_end=window.end, n_records=len(window.records), results=results,

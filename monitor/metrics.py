@@ -127,6 +127,15 @@ class Metrics:
             "Partition revocations handled (complete windows flushed and committed first).",
             registry=r,
         )
+        self.embedding_duration = Histogram(
+            "driftline_embedding_duration_seconds",
+            "Time to embed one window's inputs with the deployed model.", ["model"],
+            buckets=_BUCKETS, registry=r,
+        )
+        self.embedded_records = Counter(
+            "driftline_embedded_records_total", "Inputs embedded with the deployed model.",
+            ["model"], registry=r,
+        )
         self.labels = Counter(
             "driftline_labels_total",
             "Delayed-label records by join outcome (joined, late, orphan, invalid, replayed).",
@@ -154,6 +163,8 @@ class Metrics:
             self.stage_duration.labels(stage=stage)
         for model, detectors in models:
             self.records_consumed.labels(model=model)
+            self.embedded_records.labels(model=model)
+            self.embedding_duration.labels(model=model)
             self.windows_evaluated.labels(model=model)
             for detector in detectors:
                 self.drift_windows.labels(model=model, detector=detector)

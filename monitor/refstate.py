@@ -2,8 +2,8 @@
 
 The state is the model's evaluator: its detectors with their precomputed reference
 (sorted columns, category counts, bin edges, kernel sums). It is keyed by a fingerprint of
-the reference file's bytes, the model's settings and the driftline version: change any of
-them and the state is rebuilt. Files are pickles written atomically with mode 0600 into a
+the reference file's bytes, the model's settings, the driftline version and the source of
+the code that defines the state: change any of them and the state is rebuilt. Files are pickles written atomically with mode 0600 into a
 directory only this user can write (mode 0700), and only files whose embedded fingerprint
 matches are loaded. Pickle runs code on load, so the directory must not be writable by
 anyone else; driftline refuses one that is.
@@ -28,9 +28,28 @@ log = logging.getLogger("driftline.refstate")
 T = TypeVar("T")
 
 
+def _code_hash() -> str:
+    """Hash of the code whose objects the state holds: any change there invalidates it."""
+    import detectors
+    import monitor.evaluate
+
+    h = hashlib.sha256()
+    for path in sorted(Path(detectors.__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    h.update(Path(monitor.evaluate.__file__).read_bytes())
+    return h.hexdigest()
+
+
+_CODE_HASH: str | None = None
+
+
 def fingerprint(model: ModelSettings) -> str:
+    global _CODE_HASH  # noqa: PLW0603 - computed once per process
+    if _CODE_HASH is None:
+        _CODE_HASH = _code_hash()
     h = hashlib.sha256()
     h.update(__version__.encode())
+    h.update(_CODE_HASH.encode())
     h.update(model.model_dump_json(exclude={"labels"}).encode())
     with model.reference.path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -158,6 +158,7 @@ class ModelSchema:
     """What the decoder needs to know of a configured model."""
 
     features: Mapping[str, FeatureKind]
+    needs_input: bool = False  # the model's inputs are embedded: "input" is required
 
 
 class Decoder:
@@ -198,6 +199,9 @@ class Decoder:
             raise RecordError("schema", "missing field 'prediction'")
         probabilities = doc.get("probabilities")
         embedding = doc.get("embedding")
+        if schema.needs_input and doc.get("input") is None:
+            raise RecordError("schema", f"missing field 'input' (model '{model}' embeds its "
+                              "inputs)")
         return InferenceRecord(
             model=model,
             model_version=_string(doc, "model_version", required=False) or "",

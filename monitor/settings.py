@@ -112,6 +112,53 @@ class LabelSettings(_Strict):
         return self
 
 
+class EmbeddingModel(_Strict):
+    """The deployed model, from local files only."""
+
+    kind: Literal["sentence-transformers", "transformers", "torchscript", "state-dict"]
+    path: Path = Field(description="Model folder, TorchScript file, or state-dict weights.")
+    factory: str | None = Field(default=None, pattern=r"^[\w.]+:[\w]+$",
+                                description="state-dict: 'package.module:function'.")
+    shape: tuple[int, ...] | None = Field(default=None, description="Array models' input shape.")
+    dtype: str = "float32"
+    max_length: int | None = Field(default=None, gt=0, description="Text: token limit.")
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> EmbeddingModel:
+        if self.kind == "state-dict" and not self.factory:
+            raise ValueError("kind 'state-dict' needs 'factory' (package.module:function)")
+        if self.kind in ("torchscript", "state-dict") and not self.shape:
+            raise ValueError(f"kind '{self.kind}' takes numeric arrays: set 'shape'")
+        return self
+
+
+class EmbeddingReduction(_Strict):
+    kind: Literal["pca", "random", "none"] = "pca"
+    components: int = Field(default=10, gt=0)
+    # PCA is fitted on this share of the reference and never on the rows the tests use:
+    # fitting on the tested sample makes unshifted windows look shifted.
+    fit_fraction: float = Field(default=0.5, gt=0, lt=1)
+
+
+class EmbeddingSettings(_Strict):
+    """Drift in the deployed model's own feature space (the records' ``input`` field)."""
+
+    model: EmbeddingModel
+    reference: ReferenceSettings = Field(
+        description="JSONL: inference records (their 'input') or {'text': ...} / "
+        "{'array': [...]} objects.")
+    layers: tuple[str, ...] | None = Field(
+        default=None, description="Module names to read; default the penultimate layer.")
+    bbsd: bool = Field(default=False, description="Capture the softmax outputs for BBSD even "
+                       "if the layers do not include them (a classifier's default do).")
+    reduction: EmbeddingReduction = Field(default_factory=EmbeddingReduction)
+    device: str = Field(default="auto", pattern=r"^(cpu|cuda|cuda:\d+|auto)$")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    batch_size: int = Field(default=256, gt=0)
+    n_permutations: int = Field(default=1000, ge=10)
+    mmd_backend: Literal["numpy", "torch"] = "numpy"
+
+
 class ModelSettings(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     version: str | None = None
@@ -123,6 +170,7 @@ class ModelSettings(_Strict):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     correction: Correction = "bonferroni"
     labels: LabelSettings | None = None
+    embedding: EmbeddingSettings | None = None
 
     @field_validator("features")
     @classmethod
@@ -297,12 +345,26 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "<root>"
 
 
+def _under(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
     models = []
     for m in settings.models:
-        path = m.reference.path if m.reference.path.is_absolute() else base / m.reference.path
-        models.append(m.model_copy(update={"reference": m.reference.model_copy(
-            update={"path": path})}))
+        update: dict[str, Any] = {"reference": m.reference.model_copy(
+            update={"path": _under(base, m.reference.path)})}
+        if m.labels is not None:
+            update["labels"] = m.labels.model_copy(update={"reference": m.labels.reference
+                                                   .model_copy(update={"path": _under(
+                                                       base, m.labels.reference.path)})})
+        if m.embedding is not None:
+            e = m.embedding
+            update["embedding"] = e.model_copy(update={
+                "reference": e.reference.model_copy(update={"path": _under(
+                    base, e.reference.path)}),
+                "model": e.model.model_copy(update={"path": _under(base, e.model.path)})})
+        models.append(m.model_copy(update=update))
     return settings.model_copy(update={"models": tuple(models)})
 
 
