@@ -119,6 +119,8 @@ class Pipeline:
         self._held: list[Message] = []
         self._closing = False
         self._rewind: dict[TopicPartition, int] = {}  # set on revoke, used on assignment
+        self._counted: dict[TopicPartition, int] = {}  # highest offset counted as consumed
+        self._dead_lettered: dict[TopicPartition, int] = {}  # highest offset dead-lettered
         self._next: dict[TopicPartition, int] = {}  # next offset to read, per partition
         self._committed: dict[TopicPartition, int] = {}
         self._first: dict[TopicPartition, int] = {}  # first offset read this session
@@ -217,7 +219,9 @@ class Pipeline:
         except RecordError as err:
             self.on_record_error(msg, err)
             return []
-        self.metrics.records_consumed.labels(model=record.model).inc()
+        if msg.offset > self._counted.get(tp, -1):  # records re-read after a rewind count once
+            self._counted[tp] = msg.offset
+            self.metrics.records_consumed.labels(model=record.model).inc()
         return closed
 
     def _handle_label(self, msg: Message, tp: TopicPartition) -> None:
@@ -247,6 +251,10 @@ class Pipeline:
 
     def on_record_error(self, msg: Message, err: RecordError) -> None:
         """The one policy for bad records: count, log with coordinates, dead-letter."""
+        tp = (msg.topic, msg.partition)
+        if msg.offset <= self._dead_lettered.get(tp, -1):
+            return  # re-read after a rewind: already on the dead-letter topic (flushed)
+        self._dead_lettered[tp] = msg.offset
         self.rejected[err.reason] += 1
         self.metrics.records_rejected.labels(reason=err.reason).inc()
         n = self.rejected[err.reason]

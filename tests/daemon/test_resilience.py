@@ -175,3 +175,24 @@ def test_readiness_drops_while_a_sink_fails_and_returns_after(tmp_path: Path) ->
     daemon.pipeline.run(threading.Event(), until_exhausted=True)
     assert seen == [True, False, False, False]
     assert daemon.pipeline.health.ready()[0] is True
+
+
+def test_records_re_read_after_a_rewind_are_counted_and_dead_lettered_once(
+        tmp_path: Path) -> None:
+    values = list(STREAM.encoded(2000))
+    values[100] = b"{broken"  # partition 0, offset 50: read before the rebalance
+    source = ScriptedSource(values, revoke_after_poll=2, eager=True)
+    dead = MemoryDeadLetter()
+    # windows of 700: the first poll's 600 records all sit in the open window at the revoke
+    settings = synthetic_settings(tmp_path, STREAM, window=700)
+    daemon = build_daemon(settings, source=source, dead_letter=dead, serve_metrics=False,
+                          metrics=Metrics(CollectorRegistry()))
+    daemon.pipeline.run(threading.Event(), until_exhausted=True)
+    assert source.seeks == [(("t", 0), 0)]  # partition 0 is re-read from its start
+    assert [(m.partition, m.offset) for m, _ in dead.records] == [(0, 50)]
+    consumed = daemon.metrics.registry.get_sample_value(
+        "driftline_records_consumed_total", {"model": STREAM.model})
+    # partition 0's 999 good records once each, partition 1's 300 read before it moved
+    assert consumed == 999 + 300
+    rows = daemon.store.results()
+    assert rows[0]["offsets"] == {"t/0": [0, 700]}  # the first window: partition 0 alone
