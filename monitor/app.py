@@ -88,15 +88,22 @@ def build_daemon(
     cache_dir = Path(cache).expanduser() if cache else None
     for m in settings.models:
         kinds = {f.name: f.type for f in m.features}
-        evaluator = load_or_build(m, lambda m=m, kinds=kinds: ModelEvaluator(  # type: ignore[misc]
-            m, load_reference(m.reference.path, kinds, m.reference.format)), cache_dir)
+        columns: dict[str, FeatureKind] = dict(kinds)
+        if m.prediction_drift is not None:  # the reference's predictions come along
+            columns["prediction"] = ("numeric" if m.prediction_drift.task == "regression"
+                                     else "categorical")
+        evaluator = load_or_build(m, lambda m=m, columns=columns: ModelEvaluator(  # type: ignore[misc]
+            m, load_reference(m.reference.path, columns, m.reference.format)), cache_dir)
         if m.embedding is not None:
             evaluator.embedding = _embedding(m, metrics, cache_dir)
         new_windows = _windows_factory(m)
         models[m.name] = ModelState(
             StreamState(evaluator, new_windows(None), new_windows),
             _label_stream(m) if m.labels is not None else None)
-        schemas[m.name] = ModelSchema(kinds, needs_input=m.embedding is not None)
+        schemas[m.name] = ModelSchema(
+            kinds, needs_input=m.embedding is not None,
+            numeric_prediction=m.prediction_drift is not None
+            and m.prediction_drift.task == "regression")
 
     # Only now touch the database: bad references fail first and leave no file behind.
     store = SqlStore(settings.storage.url)
@@ -136,7 +143,7 @@ def _embedding(m: ModelSettings, metrics: Metrics, cache_dir: Path | None) -> An
     from embeddings.errors import EmbeddingError
     from monitor.embedding_drift import EmbeddingDrift
 
-    assert m.embedding is not None  # noqa: S101
+    assert m.embedding is not None
 
     def timed(n: int, seconds: float) -> None:  # the embeddings package has no metrics
         metrics.embedded_records.labels(model=m.name).inc(n)

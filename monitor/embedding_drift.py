@@ -69,7 +69,7 @@ def build_embedder(cfg: EmbeddingSettings) -> Any:
         emb = TorchEmbedder.from_torchscript(m.path, shape=m.shape or (), dtype=m.dtype,
                                              **options)
     else:
-        assert m.factory is not None  # noqa: S101 - the settings require it
+        assert m.factory is not None
         emb = TorchEmbedder.from_state_dict(m.factory, m.path, shape=m.shape or (),
                                             dtype=m.dtype, **options)
     if cfg.bbsd and PROBABILITIES not in emb.layers:

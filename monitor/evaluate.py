@@ -6,6 +6,8 @@ model (reference state is precomputed in the detector's constructor) and feeds i
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors import Detector, DriftResult
+from detectors import Detector, DriftResult, KSDetector, PredictionDriftDetector
 from detectors.c2st import ClassifierTwoSampleDetector
 from detectors.mmd import MMDDetector
 from detectors.registry import KINDS, build, choose
@@ -51,9 +53,20 @@ class ModelEvaluator:
     def __init__(self, model: ModelSettings, reference: Mapping[str, np.ndarray]) -> None:
         self.model = model.name
         self.features: dict[str, FeatureKind] = {f.name: f.type for f in model.features}
-        self.detectors: list[tuple[Detector, tuple[str, ...]]] = []
+        self.detectors: list[tuple[Any, tuple[str, ...]]] = []  # per-feature or multivariate
         self._scale: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.embedding: Any = None  # monitor.embedding_drift.EmbeddingDrift, attached later
+        self.prediction_drift: Any = None
+        if model.prediction_drift is not None:
+            if "prediction" not in reference:
+                raise ValueError(f"model '{model.name}': prediction_drift needs a 'prediction' "
+                                 "column in the reference data")
+            self._regression = model.prediction_drift.task == "regression"
+            ref_pred = np.asarray(reference["prediction"],
+                                  dtype=np.float64 if self._regression else object)
+            self.prediction_drift = (
+                KSDetector({"prediction": ref_pred}, alpha=model.alpha, correction="none")
+                if self._regression else PredictionDriftDetector(ref_pred, alpha=model.alpha))
         for spec in model.detectors or default_detectors(model, reference):
             if spec.kind in MULTIVARIATE:
                 self.detectors.append(self._multivariate(spec, model, reference))
@@ -94,9 +107,21 @@ class ModelEvaluator:
         mean, std = self._scale[kind]
         return (x - mean) / std
 
+    def _test_predictions(self, window: ClosedWindow) -> DriftResult:
+        if self._regression:
+            values = np.asarray([float(r.prediction) for r in window.records])
+            return dataclasses.replace(self.prediction_drift.test({"prediction": values}),
+                                       detector="prediction_ks")
+        classes = np.asarray([json.dumps(r.prediction) if isinstance(r.prediction, bool)
+                              else str(r.prediction) for r in window.records], dtype=object)
+        result: DriftResult = self.prediction_drift.test(classes)
+        return result
+
     @property
     def detector_names(self) -> list[str]:
         names = [d.name for d, _ in self.detectors]
+        if self.prediction_drift is not None:
+            names.append("prediction_ks" if self._regression else "prediction_chi2")
         return names + (self.embedding.detector_names if self.embedding is not None else [])
 
     def __getstate__(self) -> dict[str, Any]:
@@ -116,6 +141,8 @@ class ModelEvaluator:
             det.test(self._matrix(det.name, window, names) if det.name in MULTIVARIATE
                      else self.columns(window, names))
             for det, names in self.detectors)
+        if self.prediction_drift is not None:
+            results += (self._test_predictions(window),)
         if self.embedding is not None:
             results += tuple(self.embedding.test([r.raw_input for r in window.records]))
         return WindowReport(

@@ -3,8 +3,9 @@
 The state is the model's evaluator: its detectors with their precomputed reference
 (sorted columns, category counts, bin edges, kernel sums). It is keyed by a fingerprint of
 the reference file's bytes, the model's settings, the driftline version and the source of
-the code that defines the state: change any of them and the state is rebuilt. Files are pickles written atomically with mode 0600 into a
-directory only this user can write (mode 0700), and only files whose embedded fingerprint
+the code that defines the state: change any of them and the state is rebuilt. Files are
+pickles written atomically with mode 0600 into a directory only this user can write
+(mode 0700), and only files whose embedded fingerprint
 matches are loaded. Pickle runs code on load, so the directory must not be writable by
 anyone else; driftline refuses one that is.
 """
@@ -44,7 +45,7 @@ _CODE_HASH: str | None = None
 
 
 def fingerprint(model: ModelSettings) -> str:
-    global _CODE_HASH  # noqa: PLW0603 - computed once per process
+    global _CODE_HASH
     if _CODE_HASH is None:
         _CODE_HASH = _code_hash()
     h = hashlib.sha256()

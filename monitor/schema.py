@@ -159,6 +159,7 @@ class ModelSchema:
 
     features: Mapping[str, FeatureKind]
     needs_input: bool = False  # the model's inputs are embedded: "input" is required
+    numeric_prediction: bool = False  # a regressor whose predictions are tested for drift
 
 
 class Decoder:
@@ -197,6 +198,8 @@ class Decoder:
                     f"or boolean, got {type(v).__name__}")
         if "prediction" not in doc or doc["prediction"] is None:
             raise RecordError("schema", "missing field 'prediction'")
+        if schema.numeric_prediction:
+            _finite(doc["prediction"], "field 'prediction'")
         probabilities = doc.get("probabilities")
         embedding = doc.get("embedding")
         if schema.needs_input and doc.get("input") is None:

@@ -159,6 +159,12 @@ class EmbeddingSettings(_Strict):
     mmd_backend: Literal["numpy", "torch"] = "numpy"
 
 
+class PredictionDriftSettings(_Strict):
+    """Drift of the model's outputs: the reference file needs a 'prediction' column."""
+
+    task: Literal["classification", "regression"] = "classification"
+
+
 class ModelSettings(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     version: str | None = None
@@ -171,6 +177,7 @@ class ModelSettings(_Strict):
     correction: Correction = "bonferroni"
     labels: LabelSettings | None = None
     embedding: EmbeddingSettings | None = None
+    prediction_drift: PredictionDriftSettings | None = None
 
     @field_validator("features")
     @classmethod
