@@ -119,6 +119,7 @@ class Pipeline:
         self._held: list[Message] = []
         self._closing = False
         self._rewind: dict[TopicPartition, int] = {}  # set on revoke, used on assignment
+        self._restore_pending = False
         self._counted: dict[TopicPartition, int] = {}  # highest offset counted as consumed
         self._dead_lettered: dict[TopicPartition, int] = {}  # highest offset dead-lettered
         self._next: dict[TopicPartition, int] = {}  # next offset to read, per partition
@@ -152,6 +153,9 @@ class Pipeline:
                 break
 
     def process(self, batch: Sequence[Message]) -> None:
+        if self._restore_pending:  # after a rebalance: drop open windows, reload storage
+            self._restore_pending = False
+            self.restore_state()
         if self._held:  # records a keep-alive poll returned: they come first
             batch, self._held = [*self._held, *batch], []
         closed: list[tuple[str, ClosedWindow]] = []
@@ -302,15 +306,17 @@ class Pipeline:
         self._next.clear()
         self._first.clear()
         self._committed.clear()
-        self.restore_state()
+        # Reloading stored state reads SQL: not on kafka-python's network thread (it would
+        # stall heartbeats), so process() does it before it touches the windows again.
+        self._restore_pending = True
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("partitions assigned: %s", assigned)
         for tp in assigned:
             if tp in self._rewind:
-                self.source.seek(tp, self._rewind[tp])
+                self.source.seek(tp, self._rewind[tp])  # local state only: no network call
         self._rewind = {}
-        self.restore_state()  # the previous owner may have stored windows meanwhile
+        self._restore_pending = True  # the previous owner may have stored windows meanwhile
 
     def restore_state(self) -> None:
         """Reload replay marks and restart every model's windows after the stored ones."""
