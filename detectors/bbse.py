@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtri
+from scipy.special import ndtr, ndtri
 
 from .chisquare import ChiSquareDetector
+from .correction import adjust_p_values
 from .errors import DetectorError, InsufficientDataError
+from .results import DriftResult, FeatureResult
 
 __all__ = ["BBSE", "LabelShiftEstimate", "SingularConfusionMatrixError"]
 
@@ -261,6 +263,8 @@ class BBSE:
         )
         self._z = float(ndtri(0.5 + self.confidence / 2.0))
 
+    name = "label_shift"
+
     def __repr__(self) -> str:
         return (
             f"BBSE(classes={list(self.classes)!r}, n_reference={self.n_reference}, "
@@ -351,6 +355,53 @@ class BBSE:
             n_reference=self.n_reference,
             n_current=n,
         )
+
+
+    def test(self, window_y_pred: np.ndarray) -> DriftResult:
+        """:meth:`estimate` as a :class:`~detectors.results.DriftResult`, for the daemon.
+
+        The result's ``statistic``/``p_value``/``drifted`` are the omnibus test of
+        :math:`w = 1` (see :meth:`estimate`). Its ``features`` hold one entry per class,
+        named ``str(class)``: ``statistic`` is the class's weight :math:`\\hat w_j`,
+        ``p_value`` the two-sided Wald test of :math:`w_j = 1` (raw weight and standard
+        error), ``adjusted_p_value`` that after Bonferroni across the classes.
+
+        A window predicting classes the reference never saw is not a pure label shift:
+        the weights are ``nan``, and the omnibus test compares the predicted-class counts
+        with the new classes included (which flags it).
+        """
+        y_pred = _classes_array("window_y_pred", window_y_pred)
+        names = tuple(str(c) for c in self.classes)
+        try:
+            est = self.estimate(y_pred)
+        except ValueError:  # classes the reference never saw (shape and dtype were checked)
+            test = self._chi2.test({"prediction": y_pred}).features[0]
+            assert test.p_value is not None
+            nan_features = tuple(FeatureResult(n, math.nan, None, None, False, self.n_reference,
+                                               int(y_pred.size)) for n in names)
+            return DriftResult(self.name, test.statistic, test.p_value, self.alpha,
+                               test.p_value < self.alpha, self.n_reference, int(y_pred.size),
+                               "bonferroni", nan_features)
+        if est.insufficient_data:
+            return DriftResult(
+                self.name, math.nan, None, self.alpha, False, self.n_reference, est.n_current,
+                "bonferroni", tuple(FeatureResult(n, math.nan, None, None, False,
+                                                  self.n_reference, est.n_current)
+                                    for n in names), insufficient_data=True)
+        raw = np.asarray(est.raw_weights)
+        se = np.asarray(est.standard_errors)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.abs(raw - 1.0) / se
+        # se == 0 only when the weight is pinned exactly: equal to 1 or certainly not.
+        p = np.where(se > 0, 2.0 * ndtr(-z), np.where(raw == 1.0, 1.0, 0.0))
+        adjusted = adjust_p_values(p, "bonferroni")
+        features = tuple(
+            FeatureResult(n, w, float(pi), float(ai), bool(ai < self.alpha), self.n_reference,
+                          est.n_current)
+            for n, w, pi, ai in zip(names, est.weights, p, adjusted, strict=True))
+        assert est.p_value is not None
+        return DriftResult(self.name, est.statistic, est.p_value, self.alpha, est.shifted,
+                           self.n_reference, est.n_current, "bonferroni", features)
 
 
 def _unit_interval(name: str, value: float) -> float:

@@ -16,7 +16,7 @@ at this record. All are deterministic: the same stream gives the same detections
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -49,6 +49,17 @@ def _value(x: float) -> float:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """Statistics as JSON-ready values (lists copied, numpy scalars unwrapped)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 class _StreamDetector:
     """Shared bookkeeping: ``n_seen``, ``drift_detected``, ``reset``."""
 
@@ -78,6 +89,40 @@ class _StreamDetector:
         self._n_seen = 0
         self._drift = False
         self._restart()
+
+    def get_state(self) -> dict[str, Any]:
+        """The statistics seen so far (not the parameters), as JSON-ready plain values.
+
+        With :meth:`set_state` this carries a detector across restarts: the daemon stores
+        it with every window it evaluates.
+        """
+        state = {k: v for k, v in vars(self).items() if k.startswith("_")}
+        return {"detector": self.name, "state": _plain(state)}
+
+    def set_state(self, saved: dict[str, Any]) -> None:
+        """Resume from :meth:`get_state`'s output (of a detector of the same kind).
+
+        Raises
+        ------
+        ValueError
+            ``saved`` is of another detector kind or another layout of statistics (a
+            different driftline version); the detector is left unchanged then.
+        """
+        if not isinstance(saved, dict) or saved.get("detector") != self.name:
+            raise ValueError(f"saved state is not a {self.name} detector's")
+        state = saved.get("state")
+        mine = {k: v for k, v in vars(self).items() if k.startswith("_")}
+        if not isinstance(state, dict) or set(state) != set(mine):
+            raise ValueError(f"saved {self.name} state has another layout: "
+                             f"{sorted(state) if isinstance(state, dict) else state!r}")
+        for key, value in state.items():
+            if type(value) is not type(mine[key]) and not (
+                    isinstance(value, int | float) and isinstance(mine[key], int | float)
+                    and not isinstance(value, bool)):
+                raise ValueError(f"saved {self.name} state: '{key}' has type "
+                                 f"{type(value).__name__}, expected {type(mine[key]).__name__}")
+        for key, value in state.items():
+            setattr(self, key, type(mine[key])(value) if isinstance(mine[key], float) else value)
 
 
 class DDM(_StreamDetector):

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from detectors.bbse import SingularConfusionMatrixError
 from monitor.deadletter import DeadLetter
 from monitor.errors import ConfigError
 from monitor.evaluate import ModelEvaluator, WindowReport
@@ -80,7 +81,7 @@ def build_daemon(
         for stream in ("features", "labels"):
             offsets.update({(stream, *k): v for k, v in store.stored_offsets(stream).items()})
             last.update({(stream, m): i for m, i in store.last_window_index(stream).items()})
-        return StoredState(offsets, last)
+        return StoredState(offsets, last, store.detector_states())
 
     models: dict[str, ModelState] = {}
     schemas: dict[str, ModelSchema] = {}
@@ -92,8 +93,10 @@ def build_daemon(
         if m.prediction_drift is not None:  # the reference's predictions come along
             columns["prediction"] = ("numeric" if m.prediction_drift.task == "regression"
                                      else "categorical")
-        evaluator = load_or_build(m, lambda m=m, columns=columns: ModelEvaluator(  # type: ignore[misc]
-            m, load_reference(m.reference.path, columns, m.reference.format)), cache_dir)
+            if m.prediction_drift.label_shift and m.labels is None:
+                columns["label"] = "categorical"  # BBSE's confusion matrix
+        evaluator = load_or_build(
+            m, lambda m=m, columns=columns: _evaluator(m, columns), cache_dir)  # type: ignore[misc]
         if m.embedding is not None:
             evaluator.embedding = _embedding(m, metrics, cache_dir)
         new_windows = _windows_factory(m)
@@ -137,6 +140,20 @@ def build_daemon(
         log.info("serving /metrics, /healthz, /readyz on %s:%d", settings.metrics.address,
                  daemon.metrics_port)
     return daemon
+
+
+def _evaluator(m: ModelSettings, columns: dict[str, FeatureKind]) -> ModelEvaluator:
+    reference = load_reference(m.reference.path, columns, m.reference.format)
+    labelled = None
+    if m.prediction_drift is not None and m.prediction_drift.label_shift and m.labels:
+        # Label shift is estimated from the labelled reference when there is one.
+        labelled = load_reference(m.labels.reference.path,
+                                  {"label": "categorical", "prediction": "categorical"},
+                                  m.labels.reference.format)
+    try:
+        return ModelEvaluator(m, reference, labelled)
+    except SingularConfusionMatrixError as exc:
+        raise ConfigError(f"model '{m.name}', prediction_drift.label_shift: {exc}") from None
 
 
 def _embedding(m: ModelSettings, metrics: Metrics, cache_dir: Path | None) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from detectors import Detector, DriftResult, KSDetector, PredictionDriftDetector
+from detectors.bbse import BBSE
 from detectors.c2st import ClassifierTwoSampleDetector
 from detectors.mmd import MMDDetector
 from detectors.registry import KINDS, build, choose
@@ -35,6 +36,9 @@ class WindowReport:
     offsets: Mapping[TopicPartition, tuple[int, int]]
     evaluated_at: float
     stream: str = "features"  # or "labels": windows of joined (label, prediction) pairs
+    # Detector name -> JSON state to store with the window (streaming detectors), so a
+    # restart resumes them exactly after the last stored window.
+    state: Mapping[str, str] | None = None
 
 
 def default_detectors(model: ModelSettings,
@@ -50,7 +54,10 @@ def default_detectors(model: ModelSettings,
 class ModelEvaluator:
     """Holds one model's detectors and evaluates its windows."""
 
-    def __init__(self, model: ModelSettings, reference: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, model: ModelSettings, reference: Mapping[str, np.ndarray],
+                 labelled: Mapping[str, np.ndarray] | None = None) -> None:
+        """``labelled``: 'label' and 'prediction' columns for label-shift estimation
+        (default: those of ``reference``)."""
         self.model = model.name
         self.features: dict[str, FeatureKind] = {f.name: f.type for f in model.features}
         self.detectors: list[tuple[Any, tuple[str, ...]]] = []  # per-feature or multivariate
@@ -67,6 +74,16 @@ class ModelEvaluator:
             self.prediction_drift = (
                 KSDetector({"prediction": ref_pred}, alpha=model.alpha, correction="none")
                 if self._regression else PredictionDriftDetector(ref_pred, alpha=model.alpha))
+        self.label_shift: BBSE | None = None
+        if model.prediction_drift is not None and model.prediction_drift.label_shift:
+            source = reference if labelled is None else labelled
+            if "label" not in source:
+                raise ValueError(f"model '{model.name}': prediction_drift.label_shift needs a "
+                                 "'label' column in the labelled reference data")
+            self.label_shift = BBSE(np.asarray(source["label"], dtype=object),
+                                    np.asarray(source["prediction"], dtype=object),
+                                    alpha=model.alpha,
+                                    confidence=model.prediction_drift.confidence)
         for spec in model.detectors or default_detectors(model, reference):
             if spec.kind in MULTIVARIATE:
                 self.detectors.append(self._multivariate(spec, model, reference))
@@ -107,21 +124,25 @@ class ModelEvaluator:
         mean, std = self._scale[kind]
         return (x - mean) / std
 
-    def _test_predictions(self, window: ClosedWindow) -> DriftResult:
+    def _test_predictions(self, window: ClosedWindow) -> tuple[DriftResult, ...]:
         if self._regression:
             values = np.asarray([float(r.prediction) for r in window.records])
-            return dataclasses.replace(self.prediction_drift.test({"prediction": values}),
-                                       detector="prediction_ks")
+            return (dataclasses.replace(self.prediction_drift.test({"prediction": values}),
+                                        detector="prediction_ks"),)
         classes = np.asarray([json.dumps(r.prediction) if isinstance(r.prediction, bool)
                               else str(r.prediction) for r in window.records], dtype=object)
-        result: DriftResult = self.prediction_drift.test(classes)
-        return result
+        results: tuple[DriftResult, ...] = (self.prediction_drift.test(classes),)
+        if self.label_shift is not None:
+            results += (self.label_shift.test(classes),)
+        return results
 
     @property
     def detector_names(self) -> list[str]:
         names = [d.name for d, _ in self.detectors]
         if self.prediction_drift is not None:
             names.append("prediction_ks" if self._regression else "prediction_chi2")
+        if self.label_shift is not None:
+            names.append(self.label_shift.name)
         return names + (self.embedding.detector_names if self.embedding is not None else [])
 
     def __getstate__(self) -> dict[str, Any]:
@@ -142,7 +163,7 @@ class ModelEvaluator:
                      else self.columns(window, names))
             for det, names in self.detectors)
         if self.prediction_drift is not None:
-            results += (self._test_predictions(window),)
+            results += self._test_predictions(window)
         if self.embedding is not None:
             results += tuple(self.embedding.test([r.raw_input for r in window.records]))
         return WindowReport(

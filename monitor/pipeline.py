@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from monitor.deadletter import DeadLetter
@@ -74,6 +74,8 @@ class StoredState:
 
     offsets: Mapping[tuple[str, str, str, int], int]  # (stream, model, topic, partition)
     last_window: Mapping[tuple[str, str], int]  # (stream, model)
+    # (stream, model) -> {detector: JSON}: streaming detectors after the last stored window
+    detector_state: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,9 @@ class Pipeline:
         for name, model in self.models.items():
             for stream, s in model.streams():
                 s.windows = s.new_windows(state.last_window.get((stream, name)))
+                load = getattr(s.evaluator, "load_state", None)
+                if load is not None:  # the evaluator's state must match the stored windows
+                    load(state.detector_state.get((stream, name), {}))
 
     # -- flush, then commit --------------------------------------------------------------
     def flush_and_commit(self, stop: threading.Event) -> bool:

@@ -52,9 +52,14 @@ def fingerprint(model: ModelSettings) -> str:
     h.update(__version__.encode())
     h.update(_CODE_HASH.encode())
     h.update(model.model_dump_json(exclude={"labels"}).encode())
-    with model.reference.path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    files = [model.reference.path]
+    if model.labels and model.prediction_drift and model.prediction_drift.label_shift:
+        files.append(model.labels.reference.path)  # BBSE's confusion matrix comes from it
+        h.update(model.labels.reference.model_dump_json().encode())
+    for path in files:
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from detectors.registry import KINDS
+from detectors.streaming import ADWIN, DDM, PageHinkley
 from monitor.errors import ConfigError
 
 ENV_PREFIX = "DRIFTLINE__"
@@ -91,6 +92,25 @@ class ReferenceSettings(_Strict):
     format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
 
 
+class StreamingDetectorSettings(_Strict):
+    """A streaming detector over the per-record error stream of joined labels."""
+
+    kind: Literal["ddm", "adwin", "page_hinkley"]
+    params: Mapping[str, float | int | str] = Field(
+        default_factory=dict, description="Constructor arguments, e.g. {delta: 0.002}.")
+
+    @model_validator(mode="after")
+    def _params_accepted(self) -> StreamingDetectorSettings:
+        cls = {"ddm": DDM, "adwin": ADWIN, "page_hinkley": PageHinkley}[self.kind]
+        try:
+            cls(**self.params)
+        except TypeError as exc:
+            raise ValueError(f"{self.kind} params: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"{self.kind} params: {exc}") from None
+        return self
+
+
 class LabelSettings(_Strict):
     """Delayed labels for a model: joined to its predictions, tested for concept drift."""
 
@@ -102,6 +122,9 @@ class LabelSettings(_Strict):
     horizon_seconds: float = Field(default=86_400, gt=0)
     max_waiting: int = Field(default=100_000, gt=0)
     min_samples: int = Field(default=30, ge=1)
+    streaming: tuple[StreamingDetectorSettings, ...] = Field(
+        default=(), description="DDM / ADWIN / Page-Hinkley over the per-record errors "
+        "(classification) or absolute residuals (regression).")
 
     @model_validator(mode="after")
     def _test_fits_task(self) -> LabelSettings:
@@ -109,6 +132,13 @@ class LabelSettings(_Strict):
         if self.test is not None and self.test not in allowed:
             raise ValueError(f"test '{self.test}' does not apply to {self.task}; "
                              f"use one of {sorted(allowed)}")
+        kinds = [d.kind for d in self.streaming]
+        for i, kind in enumerate(kinds):
+            if kind in kinds[:i]:
+                raise ValueError(f"streaming[{i}]: detector '{kind}' is listed twice")
+            if kind == "ddm" and self.task == "regression":
+                raise ValueError(f"streaming[{i}]: ddm watches binary errors; a regressor's "
+                                 "residuals need adwin or page_hinkley")
         return self
 
 
@@ -163,6 +193,18 @@ class PredictionDriftSettings(_Strict):
     """Drift of the model's outputs: the reference file needs a 'prediction' column."""
 
     task: Literal["classification", "regression"] = "classification"
+    label_shift: bool = Field(
+        default=False, description="Black Box Shift Estimation of per-class weights; the "
+        "reference needs a 'label' column next to 'prediction'.")
+    confidence: float = Field(default=0.95, gt=0, lt=1,
+                              description="Level of the label-shift weights' intervals.")
+
+    @model_validator(mode="after")
+    def _label_shift_classifies(self) -> PredictionDriftSettings:
+        if self.label_shift and self.task != "classification":
+            raise ValueError("label_shift estimates class weights: it needs task "
+                             "'classification'")
+        return self
 
 
 class ModelSettings(_Strict):

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Float,
     Integer,
     String,
+    Text,
     create_engine,
     delete,
     event,
@@ -90,6 +91,20 @@ class PredictionRow(Base):
     request_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     prediction: Mapped[Any] = mapped_column(JSON)
     timestamp: Mapped[float] = mapped_column(Float, index=True)
+
+
+class DetectorStateRow(Base):
+    """State of a streaming detector after the last stored window of its stream."""
+
+    __tablename__ = "driftline_detector_state"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(20), primary_key=True)
+    detector: Mapped[str] = mapped_column(String(100), primary_key=True)
+    window_index: Mapped[int] = mapped_column(BigInteger)
+    # JSON text rather than a JSON column: the state may hold Infinity, which
+    # PostgreSQL's json type rejects.
+    state: Mapped[str] = mapped_column(Text)
 
 
 _SCHEMA_LOCK = int.from_bytes(b"driftlin", "big") >> 1  # any constant bigint
@@ -205,6 +220,12 @@ class SqlStore:
                     "drifted": f.drifted, "n_current": f.n_current,
                 } for f in res.features],
             }, ["model", "stream", "window_index", "detector"])
+        for detector, state in (r.state or {}).items():
+            # Same transaction as the window: a restart resumes exactly after it.
+            _upsert(session, DetectorStateRow, {
+                "model": r.model, "stream": r.stream, "detector": detector,
+                "window_index": r.window_index, "state": state,
+            }, ["model", "stream", "detector"])
         for (topic, partition), (_lo, hi) in r.offsets.items():
             _upsert(session, OffsetRow, {"model": r.model, "stream": r.stream, "topic": topic,
                                          "partition": partition, "max_offset": hi},
@@ -229,6 +250,18 @@ class SqlStore:
                 return {m: int(i) for m, i in rows}
         except SQLAlchemyError as exc:
             raise SinkError(f"cannot read stored windows: {exc.__class__.__name__}: {exc}") from exc
+
+    def detector_states(self) -> dict[tuple[str, str], dict[str, str]]:
+        """(stream, model) -> {detector: state JSON} as of the last stored window."""
+        try:
+            with self._sessions() as s:
+                out: dict[tuple[str, str], dict[str, str]] = {}
+                for r in s.execute(select(DetectorStateRow)).scalars():
+                    out.setdefault((r.stream, r.model), {})[r.detector] = r.state
+                return out
+        except SQLAlchemyError as exc:
+            raise SinkError(f"cannot read detector state: {exc.__class__.__name__}: {exc}") \
+                from exc
 
     # -- predictions awaiting delayed labels ---------------------------------------------
     def write_predictions(self, rows: list[tuple[str, str, Any, float]]) -> None:

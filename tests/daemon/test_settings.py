@@ -56,6 +56,20 @@ def test_environment_overrides_nested_and_list_keys() -> None:
     (lambda d: d["models"][0].update(detectors=[{"kind": "ks"}, {"kind": "ks"}]),
      "listed twice"),
     (lambda d: d["models"].append(d["models"][0]), "duplicate model names: m"),
+    (lambda d: d["models"][0].update(labels={"reference": {"path": "l.csv"}, "streaming": [
+        {"kind": "adwin", "params": {"delta": 2}}]}),
+     r"models\[0\]\.labels\.streaming\[0\]: .*adwin params: delta must be in \(0, 1\)"),
+    (lambda d: d["models"][0].update(labels={"reference": {"path": "l.csv"}, "streaming": [
+        {"kind": "ddm", "params": {"drift_level": 3}}]}),
+     r"streaming\[0\]: .*ddm params: .*unexpected keyword argument 'drift_level'"),
+    (lambda d: d["models"][0].update(labels={"reference": {"path": "l.csv"}, "streaming": [
+        {"kind": "ddm"}, {"kind": "ddm"}]}), r"streaming\[1\]: detector 'ddm' is listed twice"),
+    (lambda d: d["models"][0].update(labels={"reference": {"path": "l.csv"},
+                                             "task": "regression", "streaming": [
+        {"kind": "ddm"}]}), "ddm watches binary errors"),
+    (lambda d: d["models"][0].update(prediction_drift={"task": "regression",
+                                                       "label_shift": True}),
+     r"prediction_drift: .*label_shift .*needs task 'classification'"),
     (lambda d: d["metrics"].update(port=70000) if "metrics" in d else d.update(
         metrics={"port": 70000}), r"metrics\.port"),
 ])

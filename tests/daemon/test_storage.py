@@ -6,6 +6,8 @@ tests/integration/test_storage_postgres.py runs the same functions against Postg
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,6 +19,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from detectors import DriftResult, FeatureResult
+from detectors.streaming import DDM
 from monitor.errors import SinkError
 from monitor.evaluate import WindowReport
 from monitor.storage import OffsetRow, ResultRow, SqlStore, WindowRow
@@ -222,6 +225,34 @@ def check_failed_flush_writes_nothing(url: str) -> None:
         assert store.stored_offsets() == {("credit-risk", "logs", 0): 199}
 
 
+def check_detector_state_is_stored_with_its_window(url: str) -> None:
+    ddm = DDM()
+    for x in [0, 1, 0, 0]:
+        ddm.update(x)
+    fresh = json.dumps(DDM().get_state())  # holds Infinity: no JSON column would take it
+    assert "Infinity" in fresh
+    with opened(url) as store:
+        save(store, dataclasses.replace(report(0), stream="labels",
+                                        state={"ddm": fresh, "adwin": "{}"}))
+        save(store, dataclasses.replace(report(1), stream="labels",
+                                        state={"ddm": json.dumps(ddm.get_state())}))
+    with opened(url) as store:  # the last stored window's state, per detector
+        states = store.detector_states()
+    assert set(states) == {("labels", "credit-risk")}
+    assert states[("labels", "credit-risk")]["adwin"] == "{}"
+    restored = DDM()
+    restored.set_state(json.loads(states[("labels", "credit-risk")]["ddm"]))
+    assert restored.get_state() == ddm.get_state()
+    with opened(url) as store:  # and it goes with its window: a failed flush keeps neither
+        with store.engine.begin() as conn:
+            conn.execute(text("DROP TABLE driftline_windows"))
+        store.write(dataclasses.replace(report(2), stream="labels", state={"ddm": fresh}))
+        with pytest.raises(SinkError):
+            store.flush()
+        assert json.loads(store.detector_states()[("labels", "credit-risk")]["ddm"]) \
+            == ddm.get_state()
+
+
 # --- SQLite ----------------------------------------------------------------------------------
 
 
@@ -252,6 +283,10 @@ def test_nan_and_inf_are_stored_as_null(sqlite_url: str) -> None:
 
 def test_failed_flush_raises_sink_error_and_writes_nothing(sqlite_url: str) -> None:
     check_failed_flush_writes_nothing(sqlite_url)
+
+
+def test_detector_state_is_stored_with_its_window(sqlite_url: str) -> None:
+    check_detector_state_is_stored_with_its_window(sqlite_url)
 
 
 def test_flush_without_pending_reports_touches_nothing(tmp_path: Path) -> None:

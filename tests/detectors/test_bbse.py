@@ -236,3 +236,38 @@ def test_deterministic_frozen_and_inputs_not_mutated() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.shifted = False  # type: ignore[misc]
     assert Counter(type(w) for w in first.weights) == {float: 3}
+
+
+def test_test_reports_the_omnibus_test_and_per_class_weights() -> None:
+    rng = np.random.default_rng(11)
+    bbse = BBSE(*simulate(rng, P_REF, 20_000), alpha=ALPHA)
+    _, shifted = simulate(rng, Q_WINDOW, 5_000)
+    result = bbse.test(shifted)
+    est = bbse.estimate(shifted)
+    assert result.detector == "label_shift" and result.drifted
+    assert result.statistic == est.statistic and result.p_value == est.p_value
+    assert [f.feature for f in result.features] == ["0", "1", "2"]
+    assert [f.statistic for f in result.features] == list(est.weights)
+    # per class: two-sided Wald test of w_j = 1, Bonferroni over the classes
+    for f, w, se in zip(result.features, est.raw_weights, est.standard_errors, strict=True):
+        p = 2 * stats.norm.sf(abs(w - 1) / se)
+        assert f.p_value == pytest.approx(p, rel=1e-9)
+        assert f.adjusted_p_value == pytest.approx(min(1.0, 3 * p), rel=1e-9)
+    # w = [0.4, 1.0, 2.5]: the first and last class moved, the middle one did not
+    assert [f.drifted for f in result.features] == [True, False, True]
+
+    _, same = simulate(rng, P_REF, 5_000)
+    unshifted = bbse.test(same)
+    assert not unshifted.drifted and unshifted.p_value is not None and unshifted.p_value > ALPHA
+
+
+def test_test_with_a_class_the_reference_never_saw() -> None:
+    rng = np.random.default_rng(12)
+    y_true, y_pred = simulate(rng, P_REF, 5_000)
+    bbse = BBSE(y_true.astype(str), y_pred.astype(str))
+    window = np.concatenate([simulate(rng, P_REF, 900)[1].astype(str), ["new"] * 100])
+    result = bbse.test(window)  # no pure label shift: no weights, but a clear drift
+    assert result.drifted and result.p_value is not None and result.p_value < 1e-6
+    assert all(math.isnan(f.statistic) and f.p_value is None for f in result.features)
+    empty = bbse.test(np.array([], dtype=str))
+    assert empty.insufficient_data and not empty.drifted and empty.p_value is None

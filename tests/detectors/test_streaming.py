@@ -199,3 +199,32 @@ def test_ddm_accepts_binary_errors_only() -> None:
     for x in (0, 1, True, False, 0.0, np.int64(1)):
         ddm.update(x)
     assert ddm.n_seen == 6 and ddm.error_rate == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("make", [DDM, ADWIN, PageHinkley])
+def test_state_round_trips_through_json(make) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    before, after = bernoulli(5, 700, 0.2), abrupt(6)
+    original = make()
+    for x in before:
+        original.update(x)
+    resumed = make()
+    resumed.set_state(json.loads(json.dumps(original.get_state())))
+    assert [resumed.update(x) for x in after] == [original.update(x) for x in after]
+    assert resumed.get_state() == original.get_state()
+
+
+def test_state_of_another_kind_or_layout_is_refused() -> None:
+    ddm = DDM()
+    with pytest.raises(ValueError, match="not a ddm"):
+        ddm.set_state(ADWIN().get_state())
+    state = DDM().get_state()
+    del state["state"]["_p"]
+    with pytest.raises(ValueError, match="another layout"):
+        ddm.set_state(state)
+    state = DDM().get_state()
+    state["state"]["_n"] = "many"
+    with pytest.raises(ValueError, match="'_n' has type str"):
+        ddm.set_state(state)
+    assert ddm.get_state() == DDM().get_state()  # unchanged by the refusals

@@ -34,6 +34,7 @@ checks = _storage_checks()
     checks.check_state_survives_reopening,
     checks.check_nan_is_stored_as_null,
     checks.check_failed_flush_writes_nothing,
+    checks.check_detector_state_is_stored_with_its_window,
 ], ids=lambda f: f.__name__.removeprefix("check_"))
 def test_postgres(postgres_url: str, check: Any) -> None:
     assert postgres_url.startswith("postgresql")
