@@ -279,6 +279,13 @@ def _panels() -> list[dict[str, Any]]:
                     "maxVizHeight": 300},
     }
     g.add(drifted, 8, 10)
+    g.add(timeseries("Label-shift weights", "Black Box Shift Estimation per class (models with "
+                     "prediction_drift.label_shift): the estimated q(y) / p(y) of each class in "
+                     "the last window. 1 is the reference's share; the dashed line marks it.",
+                     [target(f'max by (model, feature) (driftline_feature_drift_statistic'
+                             f'{{{M}, detector="label_shift"}})', "{{model}} / {{feature}}")],
+                     steps=thresholds(("green", None), ("orange", 1)), threshold_line=True),
+          12, 8)
 
     g.row("Pipeline health")
     g.add(timeseries("Window end lag", "Wall-clock now minus the event-time end of each "

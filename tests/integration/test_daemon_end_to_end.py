@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -50,6 +51,38 @@ BAD = [
 ]
 EXPECTED_REASONS = ["malformed_json", "invalid_encoding", "unknown_model", "non_finite",
                     "schema", "schema"]
+# A second model, a 3-class classifier with label-shift estimation: its class priors move
+# from P_REF to P_SHIFT after two windows.
+INTENT_WINDOW, INTENT_WINDOWS = 1_000, 4
+CONFUSION = np.array([[0.80, 0.15, 0.05], [0.10, 0.75, 0.15], [0.05, 0.20, 0.75]])
+CLASSES = np.array(["billing", "cancel", "upgrade"])
+P_REF, P_SHIFT = [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]
+
+
+def _classify(rng: np.random.Generator, priors: list[float], n: int) -> tuple[Any, Any]:
+    y = rng.choice(3, size=n, p=priors)
+    pred = (rng.random(n)[:, None] > np.cumsum(CONFUSION, axis=1)[y]).sum(axis=1).clip(0, 2)
+    return CLASSES[y], CLASSES[pred]
+
+
+def _intent_model(tmp: Path) -> tuple[dict[str, Any], list[bytes]]:
+    rng = np.random.default_rng(9)
+    y, pred = _classify(rng, P_REF, 6_000)
+    ref = tmp / "intent-reference.csv"
+    ref.write_text("length,label,prediction\n" + "".join(
+        f"{rng.normal(20, 5):.3f},{a},{b}\n" for a, b in zip(y, pred, strict=True)))
+    values = []
+    for w in range(INTENT_WINDOWS):
+        _, pred = _classify(rng, P_REF if w < 2 else P_SHIFT, INTENT_WINDOW)
+        values += [json.dumps({"model": "intent", "request_id": f"i{w}-{i}",
+                               "timestamp": 1_763_856_000 + w * INTENT_WINDOW + i,
+                               "features": {"length": round(float(rng.normal(20, 5)), 3)},
+                               "prediction": str(p)}).encode() for i, p in enumerate(pred)]
+    model = {"name": "intent", "reference": {"path": str(ref)},
+             "features": [{"name": "length", "type": "numeric"}],
+             "window": {"kind": "count", "size": INTENT_WINDOW}, "alpha": 0.001,
+             "prediction_drift": {"label_shift": True}}
+    return model, values
 
 
 @dataclass
@@ -100,6 +133,7 @@ def stack(kafka_broker, postgres_server, tmp_path_factory) -> Iterator[Stack]:  
 
     stream = SyntheticStream(seed=5, drift_at=DRIFT_AT, magnitude=1.0)
     ref = stream.write_reference_csv(tmp / "reference.csv", 5_000)
+    intent, intent_values = _intent_model(tmp)
     port = free_port()
     config = tmp / "driftline.yml"
     config.write_text(yaml.safe_dump({
@@ -108,13 +142,14 @@ def stack(kafka_broker, postgres_server, tmp_path_factory) -> Iterator[Stack]:  
                              "poll_timeout_ms": 200}},
         "metrics": {"address": "127.0.0.1", "port": port},
         "storage": {"url": db_url},
-        "models": [{**stream.settings_doc(ref, WINDOW), "alpha": 0.001}],
+        "models": [{**stream.settings_doc(ref, WINDOW), "alpha": 0.001}, intent],
     }))
 
     # Good records keyed by model (one partition holds the model's whole stream, in order);
     # hostile records on every partition, their coordinates noted.
     produce(kafka_broker.bootstrap, topic,
             ((b"credit-risk", v) for v in stream.encoded(RECORDS)))
+    produce(kafka_broker.bootstrap, topic, ((b"intent", v) for v in intent_values))
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
     coords = []
     for i, value in enumerate(BAD):
@@ -136,7 +171,8 @@ def stack(kafka_broker, postgres_server, tmp_path_factory) -> Iterator[Stack]:  
         store = SqlStore(db_url)
         store.create_schema()  # idempotent; the daemon may not have created it yet
         try:
-            _wait(lambda: len(store.results()) == 2 * RECORDS // WINDOW, 180,
+            _wait(lambda: len(store.results("credit-risk")) == 2 * RECORDS // WINDOW
+                  and len(store.results("intent")) == 3 * INTENT_WINDOWS, 180,
                   "every window to be stored", s)
         finally:
             store.close()
@@ -160,6 +196,21 @@ def test_every_window_is_stored_in_postgres_with_drift_where_injected(stack: Sta
     # each window's offsets are contiguous on the one partition the model's key maps to
     parts = {key for r in rows for key in r["offsets"]}
     assert len(parts) == 1
+
+
+def test_label_shift_weights_are_stored_and_scraped(stack: Stack) -> None:
+    store = SqlStore(stack.db_url)
+    rows = [r for r in store.results("intent") if r["detector"] == "label_shift"]
+    store.close()
+    assert [r["drifted"] for r in rows] == [False, False, True, True]
+    weights = {f["feature"]: f["statistic"] for f in rows[-1]["features"]}
+    assert weights == {"billing": pytest.approx(0.4, abs=0.15),
+                       "cancel": pytest.approx(1.0, abs=0.25),
+                       "upgrade": pytest.approx(2.5, abs=0.5)}
+    res = stack.prometheus.wait_for(
+        'driftline_feature_drift_statistic{model="intent",detector="label_shift"}', timeout=30)
+    assert {r["metric"]["feature"]: float(r["value"][1]) for r in res} == \
+        pytest.approx(weights, rel=1e-9)
 
 
 def test_bad_records_reach_the_dead_letter_topic_with_reason_and_coordinates(
