@@ -61,7 +61,8 @@ def test_labels_join_predictions_across_a_crash(kafka_broker, postgres_server, t
             w.writerow([p if rng.random() < 0.9 else 1 - p, p])
     model = {**STREAM.settings_doc(ref, 1000), "alpha": 0.001,
              "labels": {"reference": {"path": str(lab_ref)}, "window_size": 1000,
-                        "horizon_seconds": 3600}}
+                        "horizon_seconds": 3600,
+                        "streaming": [{"kind": "ddm"}, {"kind": "adwin"}]}}
     config = tmp_path / "driftline.yml"
     config.write_text(yaml.safe_dump({
         "source": {"kafka": {"bootstrap_servers": kafka_broker.bootstrap, "topics": [logs],
@@ -105,6 +106,14 @@ def test_labels_join_predictions_across_a_crash(kafka_broker, postgres_server, t
         assert [w for w, r in perf.items() if r["drifted"]] == list(range(DRIFT_FROM // 1000,
                                                                           N // 1000))
         assert all(r["n_records"] == 1000 for r in rows)
+        # the streaming detectors see the error rate rise, and their state is in PostgreSQL
+        for name in ("ddm", "adwin"):
+            flagged = [r["window_index"] for r in rows if r["detector"] == name and r["drifted"]]
+            assert flagged and DRIFT_FROM // 1000 <= flagged[0] <= DRIFT_FROM // 1000 + 1, \
+                (name, flagged)
+        states = store.detector_states()[("labels", STREAM.model)]
+        assert sorted(states) == ["adwin", "ddm"]
+        assert json.loads(states["ddm"])["detector"] == "ddm"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
