@@ -199,12 +199,21 @@ def _windows_factory(m: ModelSettings) -> Callable[[int | None], Windows]:
     return make
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
-    """SIGTERM/SIGINT set ``stop``: the loop finishes its batch, flushes, commits, exits."""
+def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
+    """SIGTERM/SIGINT set ``stop``: the loop finishes its batch, flushes, commits, exits.
+
+    Returns a function that puts the previous handlers back (for callers embedding the
+    daemon in a longer-lived program, such as the demo run from tests).
+    """
     def handler(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: finishing the current batch, then stopping",
                  signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore

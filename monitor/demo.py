@@ -94,12 +94,15 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> dict[str, object]:
 
     daemon = build_daemon(settings, source=MemorySource(_stream(stream, opts)),
                           dead_letter=dead, on_report=show)
-    install_signal_handlers(daemon.stop)
+    restore_signals = install_signal_handlers(daemon.stop)
     print(f"driftline demo: {opts.records} records of model '{stream.model}', windows of "
           f"{opts.window}, drift of {opts.magnitude} sd injected at record {opts.drift_at}\n"
           f"  metrics: http://{opts.metrics_address}:{daemon.metrics_port}/metrics\n"
           f"  results: {db}\n  dead letters: {dead_path}\n", file=out, flush=True)
-    daemon.run(until_exhausted=True)
+    try:
+        daemon.run(until_exhausted=True)
+    finally:
+        restore_signals()
 
     rows = daemon.store.results()
     false_alarms = sorted({r["window_index"] for r in rows

@@ -70,6 +70,19 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
             yield i, row
 
 
+def _category(v: Any, path: Path, row_no: int, name: str) -> str:
+    """A categorical reference value spelled as the live decoder spells it (monitor/schema.py)."""
+    if isinstance(v, bool):
+        return json.dumps(v)  # JSON true, not Python's "True"
+    if isinstance(v, str | int):
+        return str(v)
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))  # Parquet stores integer columns with gaps as floats
+    raise ReferenceDataError(
+        f"{path}: row {row_no}: column '{name}' is categorical and must be a string, integer "
+        f"or boolean, got {type(v).__name__} {v!r:.40}")
+
+
 def load_reference(path: Path, features: Mapping[str, FeatureKind],
                    fmt: str = "auto") -> dict[str, np.ndarray]:
     """Load ``features`` from ``path``: float64 arrays for numeric, str arrays for categorical.
@@ -98,7 +111,7 @@ def load_reference(path: Path, features: Mapping[str, FeatureKind],
                             f"{path}: row {row_no}: column '{name}' must be a finite number")
                     cols[name].append(f)
                 else:
-                    cols[name].append(json.dumps(v) if isinstance(v, bool) else str(v))
+                    cols[name].append(_category(v, path, row_no, name))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ReferenceDataError(f"{path}: cannot read: {exc}") from None
     n = len(next(iter(cols.values()))) if cols else 0

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ from monitor.storage import SqlStore
 
 ROOT = Path(__file__).resolve().parents[2]
 REASONS = ["malformed_json", "unknown_model", "non_finite", "invalid_encoding"]
-
-
-@pytest.fixture
-def keep_signal_handlers() -> Iterator[None]:
-    """run_demo installs SIGTERM/SIGINT handlers; give pytest its own back afterwards."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
 
 
 def test_demo_command(tmp_path: Path) -> None:
@@ -97,7 +87,7 @@ def test_demo_command(tmp_path: Path) -> None:
 
 
 def test_run_demo_in_process_serves_metrics_while_it_runs(
-        tmp_path: Path, keep_signal_handlers: None) -> None:
+        tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     scraped: list[str] = []
@@ -145,8 +135,7 @@ def test_run_demo_in_process_serves_metrics_while_it_runs(
         urllib.request.urlopen(url, timeout=1).close()
 
 
-def test_demo_without_drift_reports_not_detected(tmp_path: Path,
-                                                 keep_signal_handlers: None) -> None:
+def test_demo_without_drift_reports_not_detected(tmp_path: Path) -> None:
     out = io.StringIO()
     summary = run_demo(DemoOptions(workdir=tmp_path, records=4000, window=1000, drift_at=2000,
                                    magnitude=0.0, bad_every=0, metrics_port=0), out)
@@ -156,3 +145,17 @@ def test_demo_without_drift_reports_not_detected(tmp_path: Path,
     assert summary["windows"] == 4
     assert "  drift was NOT detected" in out.getvalue().splitlines()
     assert (tmp_path / "dead-letter.jsonl").read_text() == ""
+
+
+def test_run_demo_puts_the_callers_signal_handlers_back(tmp_path: Path) -> None:
+    def mine(_signum: int, _frame: object) -> None: ...
+
+    saved = {s: signal.signal(s, mine) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        run_demo(DemoOptions(workdir=tmp_path, records=2000, window=1000, drift_at=1000,
+                             bad_every=0, metrics_port=0), io.StringIO())
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)

@@ -124,6 +124,19 @@ def test_json_booleans_and_numbers_as_categories_match_the_decoder(tmp_path: Pat
 # --- errors name file, row and column -------------------------------------------------------
 
 
+def test_categorical_objects_lists_and_fractions_are_rejected(tmp_path: Path) -> None:
+    # The decoder rejects these in live records, so as reference values they could never
+    # match a window's: an error, not a category that silently never occurs.
+    for i, bad in enumerate([{"a": 1}, [1, 2], 2.5]):
+        path = write_jsonl(tmp_path / f"ref{i}.jsonl", [{"c": "x"}, {"c": bad}])
+        _raises(path, r"row 2", r"column 'c' is categorical", type(bad).__name__,
+                features={"c": "categorical"})
+    # an integral float (Parquet's integer column with gaps) is the integer's category
+    path = write_jsonl(tmp_path / "ints.jsonl", [{"c": 3.0}, {"c": 4}])
+    assert load_reference(path, {"c": "categorical"})["c"].tolist() == ["3", "4"]
+
+
+
 def _raises(path: Path, *patterns: str, features: dict | None = None,
             fmt: str = "auto") -> str:
     with pytest.raises(ReferenceDataError) as info:
