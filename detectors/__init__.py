@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from .backend import DeviceUnavailableError, resolve_device
 from .base import Detector
-from .c2st import ClassifierTwoSampleDetector
 from .bbse import BBSE, LabelShiftEstimate, SingularConfusionMatrixError
+from .c2st import ClassifierTwoSampleDetector
 from .chisquare import ChiSquareDetector
 from .correction import CORRECTIONS, adjust_p_values
 from .cvm import AndersonDarlingDetector, CramerVonMisesDetector

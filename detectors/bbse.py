@@ -126,6 +126,9 @@ class BBSE:
         Fewest records the reference may hold (fewer raises
         :class:`~detectors.errors.InsufficientDataError`); a window with fewer
         predictions yields ``insufficient_data=True``.
+    min_expected : float, default 5.0
+        Rare predicted classes are pooled for the no-shift test, as by
+        :class:`~detectors.chisquare.ChiSquareDetector`; 0 turns pooling off.
 
     Raises
     ------
@@ -173,10 +176,9 @@ class BBSE:
     inflated by an ill-conditioned :math:`C`, and it is two-sample, so the reference's
     own sampling error is accounted for. The p-value equals
     ``scipy.stats.chi2_contingency(table, correction=False).pvalue`` on the
-    :math:`2 \\times k` table (see :class:`~detectors.chisquare.ChiSquareDetector`).
+    :math:`2 \\times k` table after rare classes are pooled (see
+    :class:`~detectors.chisquare.ChiSquareDetector`; ``min_expected=0``: the raw table).
     """
-
-    name = "bbse"
 
     def __init__(
         self,
@@ -188,6 +190,7 @@ class BBSE:
         confidence: float = 0.95,
         max_condition_number: float = 1e4,
         min_samples: int = 1,
+        min_expected: float = 5.0,
     ) -> None:
         self.alpha = _unit_interval("alpha", alpha)
         self.confidence = _unit_interval("confidence", confidence)
@@ -259,7 +262,8 @@ class BBSE:
         self.reference_distribution: np.ndarray = reference_labels
         # Two-sample homogeneity test of predicted-class counts: H0 mu == C 1 <=> w == 1.
         self._chi2 = ChiSquareDetector(
-            {"prediction": y_pred}, alpha=self.alpha, correction="none", min_samples=1
+            {"prediction": y_pred}, alpha=self.alpha, correction="none", min_samples=1,
+            min_expected=min_expected,
         )
         self._z = float(ndtri(0.5 + self.confidence / 2.0))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Hashable, Mapping
 
@@ -38,6 +39,9 @@ class ChiSquareDetector:
         Fewest values a column may hold. A reference column with fewer raises
         :class:`~detectors.errors.InsufficientDataError`; a current window with fewer
         (in any feature) yields a result with ``insufficient_data=True``.
+    min_expected : float, default 5.0
+        Finite and >= 0. Categories whose smallest expected count (see Notes) is below
+        this are pooled into one column before the test; 0 disables pooling.
 
     Notes
     -----
@@ -53,8 +57,40 @@ class ChiSquareDetector:
     so the p-value is the :math:`\\chi^2_{k-1}` survival function at :math:`X^2`. This
     equals ``scipy.stats.chi2_contingency(table, correction=False)``. When only one
     category occurs (:math:`k = 1`) the two samples cannot differ: the statistic is 0
-    and the p-value 1, as scipy also reports. The approximation wants expected counts
-    of about 5 or more; rare categories make the p-values unreliable.
+    and the p-value 1, as scipy also reports.
+
+    **Pooling of rare categories.** The :math:`\\chi^2` approximation wants expected
+    counts of about 5 or more; with many rare categories the p-values are unreliable,
+    typically too small (Zipf-like frequencies over 50 categories, reference 2000,
+    window 200: about 12% of same-distribution windows flagged at ``alpha=0.05``).
+    So, per feature and per window, every column whose smallest expected count
+    :math:`\\min(R_0, R_1)\\, C_j / N` is below ``min_expected`` is merged into one
+    pooled column. If the pooled column is itself below ``min_expected``, the other
+    columns are folded into it, smallest first (by :math:`C_j`; ties in table order),
+    until it is not, but one column is always left besides it: pooling never turns a
+    testable table into an untestable one. (A :math:`2 \\times 2` table cannot be
+    pooled further; Pearson's test on it keeps roughly its nominal size even with small
+    expected counts, whereas pooling it away would make a binary feature with a rare
+    level untestable, whatever its drift.) The test is then run on the pooled table
+    (kept columns in table order, the pooled column last), so the result equals
+    ``scipy.stats.chi2_contingency(pooled, correction=False)``. Only when every column
+    is rare (a window too small for any category to reach ``min_expected``) is nothing
+    left to test: statistic 0, p-value 1. Categories seen in the window only (or in
+    the reference only) follow the same rule: a frequent new category keeps its own
+    column, rare ones are pooled (together they may still show as an excess in the
+    pooled column).
+
+    The decision looks at the margins (column totals :math:`C_j`, row totals) only,
+    never at how a column splits between reference and window. Pearson's test is
+    conditional on the margins: under homogeneity the table given its margins is
+    multivariate hypergeometric, whatever the category probabilities. A merge chosen
+    from the margins is therefore fixed given them, and the pooled table is again a
+    homogeneity table whose :math:`X^2` is referred to :math:`\\chi^2_{m-1}`
+    (:math:`m` pooled columns). A merge chosen from the cells (say, from the window's
+    counts alone) would depend on the very counts being tested and bias the test.
+    ``min_expected=0`` disables pooling: the result is then ``chi2_contingency`` on
+    the raw table. Pooling costs power only against changes confined to the rare
+    categories, which then show only through the pooled column.
 
     Values are matched by Python equality and hash, so ``1`` and ``True`` (or ``1``
     and ``1.0`` in object arrays) are one category.
@@ -69,10 +105,12 @@ class ChiSquareDetector:
         alpha: float = 0.05,
         correction: str = "bonferroni",
         min_samples: int = 1,
+        min_expected: float = 5.0,
     ) -> None:
         self.alpha, self.correction, self.min_samples = check_options(
             alpha, correction, min_samples
         )
+        self.min_expected = _check_min_expected(min_expected)
         columns = reference_columns(reference, CATEGORICAL_KINDS, self.min_samples)
         self.features: tuple[str, ...] = tuple(columns)
         self._counts = {feature: _count(feature, values) for feature, values in columns.items()}
@@ -81,7 +119,8 @@ class ChiSquareDetector:
     def __repr__(self) -> str:
         return (
             f"ChiSquareDetector(features={list(self.features)!r}, alpha={self.alpha}, "
-            f"correction={self.correction!r}, min_samples={self.min_samples})"
+            f"correction={self.correction!r}, min_samples={self.min_samples}, "
+            f"min_expected={self.min_expected})"
         )
 
     def test(self, current: Mapping[str, np.ndarray]) -> DriftResult:
@@ -103,7 +142,7 @@ class ChiSquareDetector:
         dof = np.zeros(len(self.features))
         for i, feature in enumerate(self.features):
             statistics[i], dof[i] = _pearson(
-                self._counts[feature], _count(feature, columns[feature])
+                self._counts[feature], _count(feature, columns[feature]), self.min_expected
             )
         # One vectorised call for all features; dof 0 (a single category) gives p = 1.
         p_values = np.where(dof > 0, chdtrc(np.maximum(dof, 1), statistics), 1.0)
@@ -131,11 +170,57 @@ def _count(feature: str, values: np.ndarray) -> dict[Hashable, int]:
     return dict(zip(categories.tolist(), counts.tolist(), strict=True))
 
 
-def _pearson(reference: dict[Hashable, int], current: dict[Hashable, int]) -> tuple[float, int]:
+def _check_min_expected(min_expected: float) -> float:
+    """Validate ``min_expected``: a finite float >= 0."""
+    if isinstance(min_expected, bool) or not isinstance(
+        min_expected, (int, float, np.floating, np.integer)
+    ):
+        raise TypeError(
+            f"min_expected must be a finite float >= 0, got {type(min_expected).__name__}"
+        )
+    if not 0.0 <= float(min_expected) < math.inf:  # also rejects NaN
+        raise ValueError(f"min_expected must be finite and >= 0, got {min_expected!r}")
+    return float(min_expected)
+
+
+def _pool(observed: np.ndarray, min_expected: float) -> np.ndarray:
+    """Pool the rare columns of a 2 x k table of counts (see the class Notes).
+
+    Decided from the margins only. Returns ``observed`` itself when nothing is pooled,
+    else the kept columns in table order followed by the pooled column; one column
+    only when every column is rare. Counts are integers, so all the sums are exact.
+    """
+    totals = observed[0] + observed[1]
+    smallest_row, grand = float(observed.sum(axis=1).min()), float(totals.sum())
+    rare = smallest_row * totals / grand < min_expected
+    if not rare.any():
+        return observed
+    keep = ~rare
+    pooled_total = float(totals[rare].sum())
+    if smallest_row * pooled_total / grand < min_expected and keep.any():
+        # Fold the kept columns in, smallest total first (stable: ties in table order),
+        # while the pool is rare, but leave one. running[f]: pool total after f folds.
+        kept = np.flatnonzero(keep)
+        order = kept[np.argsort(totals[kept], kind="stable")]
+        running = pooled_total + np.concatenate(([0.0], np.cumsum(totals[order[:-1]])))
+        still_rare = smallest_row * running / grand < min_expected
+        # True then False (running grows): fold up to the first False, else all but one.
+        folds = order.size - 1 if still_rare.all() else int(np.argmin(still_rare))
+        keep[order[:folds]] = False
+    table = np.empty((2, int(np.count_nonzero(keep)) + 1))
+    table[:, :-1] = observed[:, keep]
+    table[:, -1] = observed[:, ~keep].sum(axis=1)
+    return table
+
+
+def _pearson(
+    reference: dict[Hashable, int], current: dict[Hashable, int], min_expected: float
+) -> tuple[float, int]:
     """Pearson's X^2 and its degrees of freedom for the 2 x k table of two count maps.
 
+    Rare columns are pooled first (:func:`_pool`) unless ``min_expected`` is 0.
     Operations and their order follow scipy's chi2_contingency / power_divergence,
-    so the statistic agrees with scipy to the last bit or so.
+    so the statistic agrees with scipy's on the (pooled) table to the last bit or so.
     """
     categories = list(reference) + [c for c in current if c not in reference]
     if len(categories) < 2:
@@ -144,7 +229,12 @@ def _pearson(reference: dict[Hashable, int], current: dict[Hashable, int]) -> tu
         [[reference.get(c, 0) for c in categories], [current.get(c, 0) for c in categories]],
         dtype=np.float64,
     )
+    if min_expected > 0.0:
+        observed = _pool(observed, min_expected)
+        if observed.shape[1] < 2:
+            return 0.0, 0
     expected = (
         observed.sum(axis=1, keepdims=True) * observed.sum(axis=0, keepdims=True) / observed.sum()
     )
-    return float((((observed - expected) ** 2) / expected).ravel().sum()), len(categories) - 1
+    statistic = float((((observed - expected) ** 2) / expected).ravel().sum())
+    return statistic, observed.shape[1] - 1

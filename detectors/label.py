@@ -68,7 +68,8 @@ class _ClassDistributionDetector:
     #: Name of the single pseudo-feature the wrapped ChiSquareDetector sees.
     feature: ClassVar[str]
 
-    def __init__(self, reference: np.ndarray, *, alpha: float = 0.05, min_samples: int = 1) -> None:
+    def __init__(self, reference: np.ndarray, *, alpha: float = 0.05, min_samples: int = 1,
+                 min_expected: float = 5.0) -> None:
         self.alpha = _check_alpha(alpha)
         self.min_samples = _check_min_samples(min_samples)
         values = _one_d("reference", reference, _CLASS_KINDS)
@@ -82,10 +83,12 @@ class _ClassDistributionDetector:
             alpha=self.alpha,
             correction="none",
             min_samples=self.min_samples,
+            min_expected=min_expected,
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(alpha={self.alpha}, min_samples={self.min_samples})"
+        return (f"{type(self).__name__}(alpha={self.alpha}, min_samples={self.min_samples}, "
+                f"min_expected={self._chi2.min_expected})")
 
     def test(self, current: np.ndarray) -> DriftResult:
         """Test the class distribution of ``current`` against the reference.
@@ -130,6 +133,9 @@ class PredictionDriftDetector(_ClassDistributionDetector):
         Fewest values the reference may hold (fewer raises
         :class:`~detectors.errors.InsufficientDataError`); a window with fewer yields
         ``insufficient_data=True``.
+    min_expected : float, default 5.0
+        Classes whose smallest expected count is below this are pooled (see
+        :class:`~detectors.chisquare.ChiSquareDetector`); 0 turns pooling off.
 
     Notes
     -----
@@ -141,7 +147,8 @@ class PredictionDriftDetector(_ClassDistributionDetector):
               E_{ij} = \\frac{R_i C_j}{N},
 
     is referred to :math:`\\chi^2_{k-1}`; the p-value equals
-    ``scipy.stats.chi2_contingency(table, correction=False).pvalue``. See
+    ``scipy.stats.chi2_contingency(table, correction=False).pvalue`` on the table after
+    rare classes are pooled (``min_expected``, default 5; 0: the raw table). See
     :class:`~detectors.chisquare.ChiSquareDetector`, which does the work on the single
     pseudo-feature ``"prediction"``.
     """
@@ -168,6 +175,8 @@ class LabelDriftDetector(_ClassDistributionDetector):
     min_samples : int, default 1
         Fewest values the reference may hold; a window with fewer yields
         ``insufficient_data=True``.
+    min_expected : float, default 5.0
+        As for :class:`PredictionDriftDetector`.
 
     Notes
     -----

@@ -95,6 +95,8 @@ class ModelEvaluator:
                 {"alpha": spec.alpha or model.alpha,
                  "correction": spec.correction or model.correction} if info.has_p_value
                 else {} if spec.threshold is None else {"threshold": spec.threshold})
+            if spec.min_expected is not None:
+                params["min_expected"] = spec.min_expected
             det = build(spec.kind, {n: reference[n] for n in names}, **params)
             self.detectors.append((det, names))
 

@@ -66,6 +66,9 @@ class DetectorSettings(_Strict):
     correction: Correction | None = None
     threshold: float | None = Field(
         default=None, gt=0, description="Distance detectors (psi, kl, js, wasserstein) only.")
+    min_expected: float | None = Field(
+        default=None, ge=0, description="chi2 only: pool categories whose smallest "
+        "expected count is below this (default 5; 0: no pooling).")
     # mmd only:
     n_permutations: int = Field(default=1000, ge=10)
     backend: Literal["numpy", "torch"] = "numpy"
@@ -74,6 +77,8 @@ class DetectorSettings(_Strict):
 
     @model_validator(mode="after")
     def _params_fit_kind(self) -> DetectorSettings:
+        if self.min_expected is not None and self.kind != "chi2":
+            raise ValueError(f"min_expected applies to chi2 only, not '{self.kind}'")
         if self.kind in MULTIVARIATE:
             if self.threshold is not None or self.correction is not None:
                 raise ValueError(f"'{self.kind}' is one test over all its features: set alpha, "

@@ -103,3 +103,15 @@ def test_multivariate_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"detectors\[0\]\.device"):
         parse_settings({"models": [model_doc(detectors=[{"kind": "mmd", "device": "gpu"}])]},
                        env={})
+
+
+def test_min_expected_reaches_chi2() -> None:
+    pooled = evaluator(detectors=[{"kind": "chi2"}]).detectors[0][0]
+    raw = evaluator(detectors=[{"kind": "chi2", "min_expected": 0}]).detectors[0][0]
+    assert (pooled.min_expected, raw.min_expected) == (5.0, 0.0)
+    # a rare category unseen in the reference: its own column only without pooling
+    cs = np.random.default_rng(3).choice(["a", "b", "c"], 600).astype(object)
+    cs[0] = "zzz"
+    pooled_p = pooled.test({"c": cs}).features[0].p_value
+    raw_p = raw.test({"c": cs}).features[0].p_value
+    assert pooled_p is not None and raw_p is not None and raw_p < pooled_p

@@ -56,6 +56,10 @@ def test_environment_overrides_nested_and_list_keys() -> None:
     (lambda d: d["models"][0].update(detectors=[{"kind": "ks"}, {"kind": "ks"}]),
      "listed twice"),
     (lambda d: d["models"].append(d["models"][0]), "duplicate model names: m"),
+    (lambda d: d["models"][0].update(detectors=[{"kind": "ks", "min_expected": 1}]),
+     "min_expected applies to chi2 only"),
+    (lambda d: d["models"][0].update(detectors=[{"kind": "chi2", "min_expected": -1}]),
+     r"detectors\[0\]\.min_expected"),
     (lambda d: d["models"][0].update(labels={"reference": {"path": "l.csv"}, "streaming": [
         {"kind": "adwin", "params": {"delta": 2}}]}),
      r"models\[0\]\.labels\.streaming\[0\]: .*adwin params: delta must be in \(0, 1\)"),

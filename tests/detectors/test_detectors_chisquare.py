@@ -1,4 +1,8 @@
-"""ChiSquareDetector: parity with scipy.stats.chi2_contingency(correction=False)."""
+"""ChiSquareDetector: parity with scipy.stats.chi2_contingency(correction=False).
+
+The parity tests on raw tables disable the pooling of rare categories (``min_expected=0``);
+the pooling rule itself is tested in test_chisquare_pooling.py.
+"""
 
 from __future__ import annotations
 
@@ -59,14 +63,14 @@ def scipy_chi2(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("seed", range(50))
-def test_parity_with_chi2_contingency(seed: int) -> None:
+def test_parity_with_chi2_contingency_without_pooling(seed: int) -> None:
     rng = np.random.default_rng(seed)
     n1, n2 = SIZES[seed % len(SIZES)]
     kinds = [KINDS[(seed + i) % len(KINDS)] for i in range(3)]
     levels = [1, 2, 5, 12][seed % 4]
     ref = {f"{i}-{kind}": make_column(rng, n1, kind, levels, 0) for i, kind in enumerate(kinds)}
     cur = {f"{i}-{kind}": make_column(rng, n2, kind, levels, 1) for i, kind in enumerate(kinds)}
-    result = ChiSquareDetector(ref, correction="none").test(cur)
+    result = ChiSquareDetector(ref, correction="none", min_expected=0).test(cur)
     for feature in result.features:
         statistic, p_value = scipy_chi2(ref[feature.feature], cur[feature.feature])
         np.testing.assert_allclose(feature.statistic, statistic, rtol=1e-9, atol=1e-12)
@@ -78,17 +82,27 @@ def test_parity_with_chi2_contingency(seed: int) -> None:
 def test_unseen_and_vanished_categories() -> None:
     ref = np.array(["a"] * 30 + ["b"] * 20 + ["gone"] * 5)
     cur = np.array(["a"] * 25 + ["b"] * 25 + ["new"] * 4, dtype=object)
-    feature = ChiSquareDetector({"c": ref}).test({"c": cur}).features[0]
-    # union a, b, gone, new -> 4 columns, 3 degrees of freedom
+    # Unpooled: union a, b, gone, new -> 4 columns, 3 degrees of freedom.
+    raw = ChiSquareDetector({"c": ref}, min_expected=0).test({"c": cur}).features[0]
     table = np.array([[30, 20, 5, 0], [25, 25, 0, 4]])
     expected = stats.chi2_contingency(table, correction=False)
-    assert expected.dof == 3 and feature.p_value is not None
+    assert expected.dof == 3 and raw.p_value is not None
     np.testing.assert_allclose(
-        [feature.statistic, feature.p_value],
+        [raw.statistic, raw.p_value], [expected.statistic, expected.pvalue], rtol=1e-12, atol=0
+    )
+    # Pooled (default min_expected=5): R = (55, 54), N = 109, smallest expected count
+    # 54 C_j / 109. "gone" (C = 5) and "new" (C = 4) are rare; their pool (C = 9, 4.46) is
+    # still rare, so the smaller kept column, "b" (C = 45), is folded in: a | b+gone+new.
+    pooled = ChiSquareDetector({"c": ref}).test({"c": cur}).features[0]
+    expected = stats.chi2_contingency(np.array([[30, 25], [25, 29]]), correction=False)
+    assert expected.dof == 1 and pooled.p_value is not None
+    np.testing.assert_allclose(
+        [pooled.statistic, pooled.p_value],
         [expected.statistic, expected.pvalue],
         rtol=1e-12,
         atol=0,
     )
+    assert pooled.statistic < raw.statistic
 
 
 def test_single_category_gives_zero_statistic_and_p_one() -> None:
