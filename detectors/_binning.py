@@ -30,15 +30,13 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 
+from ._base import PerFeatureDistance
 from ._common import (
     ANY_KINDS,
     CATEGORICAL_KINDS,
     NUMERIC_KINDS,
-    assemble_distances,
     check_min_samples,
     check_threshold,
-    insufficient,
-    reference_columns,
     typed_current_columns,
 )
 from .results import DriftResult
@@ -159,10 +157,8 @@ def smoothed(counts: np.ndarray, epsilon: float) -> np.ndarray:
     return p / p.sum()
 
 
-class BinnedDetector:
+class BinnedDetector(PerFeatureDistance):
     """Common machinery of PSI, KL and JS; subclasses define ``name`` and ``_statistic``."""
-
-    name: str = ""
 
     def __init__(
         self,
@@ -178,11 +174,9 @@ class BinnedDetector:
         self.min_samples = check_min_samples(min_samples)
         self.feature_type = check_feature_type(feature_type)
         accepted = {None: ANY_KINDS, NUMERIC: NUMERIC_KINDS, CATEGORICAL: CATEGORICAL_KINDS}
-        columns = reference_columns(reference, accepted[self.feature_type], self.min_samples)
-        self.features: tuple[str, ...] = tuple(columns)
+        columns = self._reference(reference, accepted[self.feature_type])
         types_: dict[str, str] = {}
         self._bins: dict[str, NumericBins | CategoricalBins] = {}
-        self._sizes: dict[str, int] = {}
         for feature, values in columns.items():
             kind = self.feature_type or (
                 NUMERIC if values.dtype.kind in _INFERRED_NUMERIC else CATEGORICAL
@@ -193,12 +187,19 @@ class BinnedDetector:
                 if kind == NUMERIC
                 else CategoricalBins(feature, values)
             )
-            self._sizes[feature] = values.size
-        #: feature -> "numeric" or "categorical" (read-only).
-        self.feature_types: Mapping[str, str] = types.MappingProxyType(types_)
+        self._feature_types = types_
         self._kinds = {
             f: NUMERIC_KINDS if t == NUMERIC else CATEGORICAL_KINDS for f, t in types_.items()
         }
+
+    @property
+    def feature_types(self) -> Mapping[str, str]:
+        """feature -> "numeric" or "categorical" (read-only).
+
+        A property over a plain dict: a stored mappingproxy would make the detector
+        unpicklable, and the daemon saves prepared reference state with pickle.
+        """
+        return types.MappingProxyType(self._feature_types)
 
     def __repr__(self) -> str:
         epsilon = getattr(self, "epsilon", None)
@@ -225,14 +226,12 @@ class BinnedDetector:
             feature takes bool, int or float; a categorical one bool, int, str, bytes or
             object), holds NaN/inf (numeric) or unhashable values (categorical).
         """
-        columns = typed_current_columns(current, self._kinds)
-        n_ref = [self._sizes[f] for f in self.features]
-        n_cur = [columns[f].size for f in self.features]
-        if min(n_cur) < self.min_samples:
-            return insufficient(self.name, self.features, n_ref, n_cur, self.threshold, "none")
-        statistics = np.array(
+        return self._test(current)
+
+    def _columns(self, current: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return typed_current_columns(current, self._kinds)
+
+    def _distances(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        return np.array(
             [self._statistic(*self._bins[f].counts(f, columns[f])) for f in self.features]
-        )
-        return assemble_distances(
-            self.name, self.features, statistics, n_ref, n_cur, self.threshold
         )

@@ -24,11 +24,7 @@ def check_options(alpha: float, correction: str, min_samples: int) -> tuple[floa
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     if not isinstance(correction, str) or correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
-    if isinstance(min_samples, bool) or not isinstance(min_samples, (int, np.integer)):
-        raise TypeError(f"min_samples must be an int >= 1, got {type(min_samples).__name__}")
-    if min_samples < 1:
-        raise ValueError(f"min_samples must be >= 1, got {min_samples!r}")
-    return float(alpha), correction, int(min_samples)
+    return float(alpha), correction, check_min_samples(min_samples)
 
 
 def column(feature: str, values: object, kinds: str, what: str) -> np.ndarray:
@@ -74,16 +70,7 @@ def current_columns(
     current: Mapping[str, np.ndarray], features: Sequence[str], kinds: str
 ) -> dict[str, np.ndarray]:
     """Validate the current window; return the reference features' columns (not copied)."""
-    if not isinstance(current, Mapping):
-        raise TypeError(
-            f"current must be a mapping of feature -> array, got {type(current).__name__}"
-        )
-    columns = {}
-    for feature in features:
-        if feature not in current:
-            raise KeyError(f"current window is missing feature {feature!r}")
-        columns[feature] = column(feature, current[feature], kinds, "current")
-    return columns
+    return typed_current_columns(current, dict.fromkeys(features, kinds))
 
 
 def assemble(

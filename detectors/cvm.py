@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 from scipy.special import gammaln, kv
 from scipy.stats import cramervonmises_2samp
 
-from ._common import (
-    NUMERIC_KINDS,
-    assemble,
-    check_min_samples,
-    check_options,
-    current_columns,
-    insufficient,
-    merge_sorted,
-    reference_columns,
-    running_count,
-    tie_runs,
-)
-from .results import DriftResult
+from ._base import PerFeatureTest
+from ._common import check_min_samples, check_options, merge_sorted, running_count, tie_runs
 
 __all__ = ["AndersonDarlingDetector", "CramerVonMisesDetector"]
 
@@ -46,10 +35,9 @@ _AD_P_MAX = float(_AD_LEVELS.max())
 _AD_P_MIN = float(_AD_LEVELS.min())
 
 
-class _SortedReferenceTest:
-    """Shared constructor and ``test`` loop of the two rank tests."""
+class _SortedReferenceTest(PerFeatureTest):
+    """Shared constructor of the two rank tests: the reference columns, sorted."""
 
-    name = ""
     _max_alpha = 1.0  # largest alpha whose rejections still mean something
 
     def __init__(
@@ -69,49 +57,12 @@ class _SortedReferenceTest:
                 f"alpha must be <= {self._max_alpha} for {self.name} "
                 f"(its p-values are capped there), got {alpha!r}"
             )
-        columns = reference_columns(reference, NUMERIC_KINDS, self.min_samples)
-        self.features: tuple[str, ...] = tuple(columns)
-        self._sorted: dict[str, np.ndarray] = {}
-        for feature, values in columns.items():
-            ref = np.sort(values.astype(np.float64))  # astype copies: the input is never touched
-            ref.setflags(write=False)
-            self._sorted[feature] = ref
+        self._sorted = self._sorted_reference(reference)
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(features={list(self.features)!r}, alpha={self.alpha}, "
-            f"correction={self.correction!r}, min_samples={self.min_samples})"
-        )
-
-    def _statistics(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
-
-    def test(self, current: Mapping[str, np.ndarray]) -> DriftResult:
-        """Test every reference feature of ``current`` (extra keys are ignored).
-
-        Raises
-        ------
-        KeyError
-            A reference feature is missing from ``current``.
-        ValueError, TypeError
-            A column is not 1-D, not numeric, or holds NaN/inf.
-        """
-        columns = current_columns(current, self.features, NUMERIC_KINDS)
-        n_ref = [self._sorted[f].size for f in self.features]
-        n_cur = [columns[f].size for f in self.features]
-        if min(n_cur) < self.min_samples:
-            return insufficient(self.name, self.features, n_ref, n_cur, self.alpha, self.correction)
-        statistics, p_values = self._statistics(columns)
-        return assemble(
-            self.name,
-            self.features,
-            statistics,
-            p_values,
-            n_ref,
-            n_cur,
-            self.alpha,
-            self.correction,
-        )
+    def _samples(self, columns: dict[str, np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each feature's sorted reference and sorted window, in ``features`` order."""
+        for feature in self.features:
+            yield self._sorted[feature], np.sort(columns[feature].astype(np.float64))
 
 
 class CramerVonMisesDetector(_SortedReferenceTest):
@@ -158,13 +109,13 @@ class CramerVonMisesDetector(_SortedReferenceTest):
 
     name = "cvm"
 
-    def _statistics(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _statistics(
+        self, columns: dict[str, np.ndarray], n_ref: list[int], n_cur: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         statistics = np.empty(len(self.features))
         p_values = np.ones(len(self.features))
         standardised = np.full(len(self.features), np.nan)
-        for i, feature in enumerate(self.features):
-            ref = self._sorted[feature]
-            cur = np.sort(columns[feature].astype(np.float64))
+        for i, (ref, cur) in enumerate(self._samples(columns)):
             nx, ny = ref.size, cur.size
             u = _cvm_u(ref, cur)
             k, n = nx * ny, nx + ny  # Python ints: exact, as in scipy
@@ -238,12 +189,12 @@ class AndersonDarlingDetector(_SortedReferenceTest):
     name = "anderson"
     _max_alpha = _AD_P_MAX
 
-    def _statistics(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _statistics(
+        self, columns: dict[str, np.ndarray], n_ref: list[int], n_cur: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         statistics = np.empty(len(self.features))
         p_values = np.empty(len(self.features))
-        for i, feature in enumerate(self.features):
-            ref = self._sorted[feature]
-            cur = np.sort(columns[feature].astype(np.float64))
+        for i, (ref, cur) in enumerate(self._samples(columns)):
             a2akn = _ad_midrank(ref, cur)
             statistics[i] = (a2akn - 1) / math.sqrt(_ad_variance(ref.size, cur.size))
             p_values[i] = _ad_p_value(statistics[i])

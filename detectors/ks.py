@@ -14,15 +14,8 @@ from scipy.stats import kstwo
 # may move or change between scipy releases; the parity tests would catch either.
 from scipy.stats._stats_py import _attempt_exact_2kssamp
 
-from ._common import (
-    NUMERIC_KINDS,
-    assemble,
-    check_options,
-    current_columns,
-    insufficient,
-    reference_columns,
-)
-from .results import DriftResult
+from ._base import PerFeatureTest
+from ._common import check_options
 
 __all__ = ["KSDetector"]
 
@@ -35,7 +28,7 @@ _MAX_EXACT_N = 10_000
 _SCALAR_BELOW = 32
 
 
-class KSDetector:
+class KSDetector(PerFeatureTest):
     """Per-feature two-sample Kolmogorov-Smirnov test against a fixed reference.
 
     Parameters
@@ -95,52 +88,20 @@ class KSDetector:
         self.alpha, self.correction, self.min_samples = check_options(
             alpha, correction, min_samples
         )
-        columns = reference_columns(reference, NUMERIC_KINDS, self.min_samples)
-        self.features: tuple[str, ...] = tuple(columns)
-        self._sorted: dict[str, np.ndarray] = {}
+        self._sorted = self._sorted_reference(reference)
         self._ecdf: dict[str, np.ndarray] = {}  # reference ECDF at each sorted reference point
-        for feature, values in columns.items():
-            ref = np.sort(values.astype(np.float64))  # astype copies: the input is never touched
+        for feature, ref in self._sorted.items():
             ecdf = np.searchsorted(ref, ref, side="right") / ref.size
-            ref.setflags(write=False)
             ecdf.setflags(write=False)
-            self._sorted[feature], self._ecdf[feature] = ref, ecdf
+            self._ecdf[feature] = ecdf
 
-    def __repr__(self) -> str:
-        return (
-            f"KSDetector(features={list(self.features)!r}, alpha={self.alpha}, "
-            f"correction={self.correction!r}, min_samples={self.min_samples})"
-        )
-
-    def test(self, current: Mapping[str, np.ndarray]) -> DriftResult:
-        """Test every reference feature of ``current`` (extra keys are ignored).
-
-        Raises
-        ------
-        KeyError
-            A reference feature is missing from ``current``.
-        ValueError, TypeError
-            A column is not 1-D, not numeric, or holds NaN/inf.
-        """
-        columns = current_columns(current, self.features, NUMERIC_KINDS)
-        n_ref = [self._sorted[f].size for f in self.features]
-        n_cur = [columns[f].size for f in self.features]
-        if min(n_cur) < self.min_samples:
-            return insufficient(self.name, self.features, n_ref, n_cur, self.alpha, self.correction)
+    def _statistics(
+        self, columns: dict[str, np.ndarray], n_ref: list[int], n_cur: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         distances = np.array(
             [_ks_distance(self._sorted[f], self._ecdf[f], columns[f]) for f in self.features]
         )
-        statistics, p_values = _ks_2samp_p_values(np.array(n_ref), np.array(n_cur), distances)
-        return assemble(
-            self.name,
-            self.features,
-            statistics,
-            p_values,
-            n_ref,
-            n_cur,
-            self.alpha,
-            self.correction,
-        )
+        return _ks_2samp_p_values(np.array(n_ref), np.array(n_cur), distances)
 
 
 def _ks_distance(ref: np.ndarray, ref_ecdf: np.ndarray, current: np.ndarray) -> float:

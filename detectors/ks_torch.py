@@ -7,20 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._common import (
-    NUMERIC_KINDS,
-    assemble,
-    check_options,
-    current_columns,
-    insufficient,
-    reference_columns,
-)
+from ._base import PerFeatureTest
+from ._common import check_options
 from .backend import check_device, require_torch, resolve_device
 
 # Private helper of ks.py, reused on purpose: the p-values (exact or asymptotic, scipy's
 # ks_2samp rules) then come from exactly the code KSDetector runs.
 from .ks import _ks_2samp_p_values
-from .results import DriftResult
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     import torch
@@ -103,7 +96,7 @@ def ks_statistics_torch(sorted_reference: torch.Tensor, current: torch.Tensor) -
     return torch.where(min_s > max_s, min_s, max_s)
 
 
-class TorchKSDetector:
+class TorchKSDetector(PerFeatureTest):
     """:class:`~detectors.ks.KSDetector` with its statistics computed by torch.
 
     Same parameters, validation, p-values and results as
@@ -148,17 +141,15 @@ class TorchKSDetector:
             alpha, correction, min_samples
         )
         check_device(device)
-        columns = reference_columns(reference, NUMERIC_KINDS, self.min_samples)
+        columns = self._reference(reference)
         torch = require_torch("TorchKSDetector")
         self._torch = torch
         self._device = resolve_device(device)
         self.device = str(self._device)
-        self.features: tuple[str, ...] = tuple(columns)
-        self._n_ref = {f: int(v.size) for f, v in columns.items()}
         # reference size -> (features, sorted (len(features), size) float64 tensor)
         self._groups: dict[int, tuple[tuple[str, ...], Any]] = {}
-        for size in dict.fromkeys(self._n_ref.values()):
-            names = tuple(f for f in self.features if self._n_ref[f] == size)
+        for size in dict.fromkeys(self._sizes.values()):
+            names = tuple(f for f in self.features if self._sizes[f] == size)
             stacked = np.stack([columns[f].astype(np.float64) for f in names])  # a copy
             tensor = torch.from_numpy(stacked).to(self._device)
             self._groups[size] = (names, torch.sort(tensor, dim=1).values)
@@ -170,21 +161,9 @@ class TorchKSDetector:
             f"device={self.device!r})"
         )
 
-    def test(self, current: Mapping[str, np.ndarray]) -> DriftResult:
-        """Test every reference feature of ``current`` (extra keys are ignored).
-
-        Raises
-        ------
-        KeyError
-            A reference feature is missing from ``current``.
-        ValueError, TypeError
-            A column is not 1-D, not numeric, or holds NaN/inf.
-        """
-        columns = current_columns(current, self.features, NUMERIC_KINDS)
-        n_ref = [self._n_ref[f] for f in self.features]
-        n_cur = [columns[f].size for f in self.features]
-        if min(n_cur) < self.min_samples:
-            return insufficient(self.name, self.features, n_ref, n_cur, self.alpha, self.correction)
+    def _statistics(
+        self, columns: dict[str, np.ndarray], n_ref: list[int], n_cur: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
         distance: dict[str, float] = {}
         for names, sorted_ref in self._groups.values():
@@ -196,14 +175,4 @@ class TorchKSDetector:
                 values = ks_statistics_torch(ref, cur_t).cpu().numpy()
                 distance.update({names[i]: float(v) for i, v in zip(rows, values, strict=True)})
         distances = np.array([distance[f] for f in self.features])
-        statistics, p_values = _ks_2samp_p_values(np.array(n_ref), np.array(n_cur), distances)
-        return assemble(
-            self.name,
-            self.features,
-            statistics,
-            p_values,
-            n_ref,
-            n_cur,
-            self.alpha,
-            self.correction,
-        )
+        return _ks_2samp_p_values(np.array(n_ref), np.array(n_cur), distances)

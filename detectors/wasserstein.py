@@ -7,23 +7,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._common import (
-    NUMERIC_KINDS,
-    assemble_distances,
-    check_min_samples,
-    check_threshold,
-    current_columns,
-    insufficient,
-    merge_sorted,
-    reference_columns,
-    running_count,
-)
-from .results import DriftResult
+from ._base import PerFeatureDistance
+from ._common import check_min_samples, check_threshold, merge_sorted, running_count
 
 __all__ = ["WassersteinDetector"]
 
 
-class WassersteinDetector:
+class WassersteinDetector(PerFeatureDistance):
     """Per-feature Wasserstein-1 distance, in reference standard deviations.
 
     A distance, not a test: there are no p-values and no multiple-testing correction;
@@ -84,15 +74,8 @@ class WassersteinDetector:
     ) -> None:
         self.threshold = check_threshold(threshold)
         self.min_samples = check_min_samples(min_samples)
-        columns = reference_columns(reference, NUMERIC_KINDS, self.min_samples)
-        self.features: tuple[str, ...] = tuple(columns)
-        self._sorted: dict[str, np.ndarray] = {}
-        self._std: dict[str, float] = {}
-        for feature, values in columns.items():
-            ref = np.sort(values.astype(np.float64))  # astype copies: the input is never touched
-            ref.setflags(write=False)
-            self._sorted[feature] = ref
-            self._std[feature] = float(np.std(ref))
+        self._sorted = self._sorted_reference(reference)
+        self._std = {feature: float(np.std(ref)) for feature, ref in self._sorted.items()}
 
     def __repr__(self) -> str:
         return (
@@ -100,21 +83,7 @@ class WassersteinDetector:
             f"threshold={self.threshold}, min_samples={self.min_samples})"
         )
 
-    def test(self, current: Mapping[str, np.ndarray]) -> DriftResult:
-        """Compare every reference feature of ``current`` (extra keys are ignored).
-
-        Raises
-        ------
-        KeyError
-            A reference feature is missing from ``current``.
-        ValueError, TypeError
-            A column is not 1-D, not numeric, or holds NaN/inf.
-        """
-        columns = current_columns(current, self.features, NUMERIC_KINDS)
-        n_ref = [self._sorted[f].size for f in self.features]
-        n_cur = [columns[f].size for f in self.features]
-        if min(n_cur) < self.min_samples:
-            return insufficient(self.name, self.features, n_ref, n_cur, self.threshold, "none")
+    def _distances(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         statistics = np.empty(len(self.features))
         for i, feature in enumerate(self.features):
             distance = wasserstein_sorted(self._sorted[feature], columns[feature])
@@ -123,9 +92,7 @@ class WassersteinDetector:
                 statistics[i] = distance / std
             else:
                 statistics[i] = 0.0 if distance == 0.0 else math.inf
-        return assemble_distances(
-            self.name, self.features, statistics, n_ref, n_cur, self.threshold
-        )
+        return statistics
 
 
 def wasserstein_sorted(ref: np.ndarray, current: np.ndarray) -> float:

@@ -93,11 +93,15 @@ def load_or_build(model: ModelSettings, build: Callable[[], T], cache_dir: Path 
                 ImportError) as exc:
             log.warning("ignoring unreadable reference cache %s: %s", path, exc)
     state = build()
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-")
         with os.fdopen(fd, "wb") as fh:
             pickle.dump((fp, state), fh, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, path)  # atomic: a crash never leaves half a file under the name
-    except OSError as exc:
+    except (OSError, TypeError, AttributeError, pickle.PicklingError) as exc:
+        # Saving is an optimisation: a state that cannot be written is used all the same.
         log.warning("could not save reference state to %s: %s", cache_dir, exc)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     return state

@@ -65,3 +65,22 @@ def test_corrupt_file_or_shared_directory_is_not_trusted(tmp_path: Path) -> None
     load_or_build(m, builder(m, calls), cache)
     load_or_build(m, builder(m, calls), cache)
     assert len(calls) == 4  # a world-writable directory is never read from
+
+
+def test_every_detector_kind_round_trips_through_the_cache(tmp_path: Path) -> None:
+    # the binned distances (psi, kl, js) once held a mappingproxy, which pickle refuses
+    kinds = ["ks", "chi2", "cvm", "anderson", "psi", "kl", "js", "wasserstein", "mmd", "c2st"]
+    dets = [{"kind": k, **({"alpha": 0.01} if k == "anderson" else {})} for k in kinds]
+    m = model(tmp_path, detectors=dets, alpha=0.01)
+    cache, calls = tmp_path / "cache", []
+    first = load_or_build(m, builder(m, calls), cache)
+    second = load_or_build(m, builder(m, calls), cache)
+    assert calls == [1] and second.detector_names == first.detector_names == kinds
+    assert [p.name.startswith(".tmp-") for p in cache.iterdir()] == [False]
+
+
+def test_state_that_cannot_be_pickled_is_used_unsaved(tmp_path: Path) -> None:
+    m, cache = model(tmp_path), tmp_path / "cache"
+    state = load_or_build(m, lambda: (lambda: None), cache)  # a lambda does not pickle
+    assert callable(state)
+    assert list(cache.iterdir()) == []  # no half-written temporary file left behind
