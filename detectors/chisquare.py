@@ -9,20 +9,14 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 from scipy.special import chdtrc
 
-from ._common import (
-    CATEGORICAL_KINDS,
-    assemble,
-    check_options,
-    current_columns,
-    insufficient,
-    reference_columns,
-)
+from ._base import PerFeatureTest
+from ._common import CATEGORICAL_KINDS, check_options, current_columns
 from .results import DriftResult
 
 __all__ = ["ChiSquareDetector"]
 
 
-class ChiSquareDetector:
+class ChiSquareDetector(PerFeatureTest):
     """Per-feature chi-square test of homogeneity against a fixed reference.
 
     Parameters
@@ -111,17 +105,11 @@ class ChiSquareDetector:
             alpha, correction, min_samples
         )
         self.min_expected = _check_min_expected(min_expected)
-        columns = reference_columns(reference, CATEGORICAL_KINDS, self.min_samples)
-        self.features: tuple[str, ...] = tuple(columns)
+        columns = self._reference(reference, CATEGORICAL_KINDS)
         self._counts = {feature: _count(feature, values) for feature, values in columns.items()}
-        self._sizes = {feature: values.size for feature, values in columns.items()}
 
     def __repr__(self) -> str:
-        return (
-            f"ChiSquareDetector(features={list(self.features)!r}, alpha={self.alpha}, "
-            f"correction={self.correction!r}, min_samples={self.min_samples}, "
-            f"min_expected={self.min_expected})"
-        )
+        return f"{super().__repr__()[:-1]}, min_expected={self.min_expected})"
 
     def test(self, current: Mapping[str, np.ndarray]) -> DriftResult:
         """Test every reference feature of ``current`` (extra keys are ignored).
@@ -133,11 +121,14 @@ class ChiSquareDetector:
         ValueError, TypeError
             A column is not 1-D, has an unsupported dtype, or holds unhashable values.
         """
-        columns = current_columns(current, self.features, CATEGORICAL_KINDS)
-        n_ref = [self._sizes[f] for f in self.features]
-        n_cur = [columns[f].size for f in self.features]
-        if min(n_cur) < self.min_samples:
-            return insufficient(self.name, self.features, n_ref, n_cur, self.alpha, self.correction)
+        return self._test(current)
+
+    def _columns(self, current: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return current_columns(current, self.features, CATEGORICAL_KINDS)
+
+    def _statistics(
+        self, columns: dict[str, np.ndarray], n_ref: list[int], n_cur: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         statistics = np.zeros(len(self.features))
         dof = np.zeros(len(self.features))
         for i, feature in enumerate(self.features):
@@ -145,17 +136,7 @@ class ChiSquareDetector:
                 self._counts[feature], _count(feature, columns[feature]), self.min_expected
             )
         # One vectorised call for all features; dof 0 (a single category) gives p = 1.
-        p_values = np.where(dof > 0, chdtrc(np.maximum(dof, 1), statistics), 1.0)
-        return assemble(
-            self.name,
-            self.features,
-            statistics,
-            p_values,
-            n_ref,
-            n_cur,
-            self.alpha,
-            self.correction,
-        )
+        return statistics, np.where(dof > 0, chdtrc(np.maximum(dof, 1), statistics), 1.0)
 
 
 def _count(feature: str, values: np.ndarray) -> dict[Hashable, int]:
