@@ -372,7 +372,9 @@ class BBSE:
 
         A window predicting classes the reference never saw is not a pure label shift:
         the weights are ``nan``, and the omnibus test compares the predicted-class counts
-        with the new classes included (which flags it).
+        with the new classes included. That flags the window once the new classes are
+        frequent enough to keep their own column; a handful of them is pooled with other
+        rare classes (``min_expected``) and need not.
         """
         y_pred = _classes_array("window_y_pred", window_y_pred)
         names = tuple(str(c) for c in self.classes)
