@@ -1,6 +1,6 @@
 """Time the detectors against plain loops over scipy, and check they agree.
 
-Run ``python benchmarks/bench_detectors.py``. Prints one row per case: our time per
+Run ``python benchmarks/bench_detectors.py [--device cuda]``. Prints one row per case: our time per
 window (reference precomputed once, outside the timing), the scipy loop's time per
 window, their ratio, and whether statistics and p-values are bitwise identical.
 
@@ -16,6 +16,7 @@ their union of categories (``np.unique`` + ``np.bincount``) and then calls
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -92,6 +93,35 @@ def chi2_case(
     )
 
 
+def ks_torch_case(
+    n_features: int, n: int, device: str, repeat: int
+) -> tuple[float, float, bool]:
+    """Batched KS in torch on ``device`` against the numpy detector (not scipy): its
+    statistics must be equal and its p-values equal to 1e-12 (the same formulas)."""
+    import torch
+
+    from detectors import TorchKSDetector
+
+    rng = np.random.default_rng(0)
+    ref = {f"f{i}": rng.normal(size=n) for i in range(n_features)}
+    cur = {f"f{i}": rng.normal(size=n) for i in range(n_features)}
+    numpy_det = KSDetector(ref, correction="none")
+    torch_det = TorchKSDetector(ref, correction="none", device=device)
+
+    def run() -> object:
+        result = torch_det.test(cur)  # returns host results: the device work is finished
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return result
+
+    run()  # warm-up: CUDA context and kernels
+    ours = [(f.statistic, f.p_value) for f in torch_det.test(cur).features]
+    ref_rows = [(f.statistic, f.p_value) for f in numpy_det.test(cur).features]
+    same = all(a == c and b is not None and d is not None and abs(b - d) <= 1e-12 * max(d, 1e-300)
+               for (a, b), (c, d) in zip(ours, ref_rows, strict=True))
+    return best_time(run, repeat), best_time(lambda: numpy_det.test(cur), repeat), same
+
+
 def auto_method(n1: int, n2: int) -> str:
     """Which p-value method ks_2samp(method="auto") uses at these sizes, found by comparison."""
     rng = np.random.default_rng(1)
@@ -102,6 +132,10 @@ def auto_method(n1: int, n2: int) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default=None,
+                        help="also time batched KS in torch here (cpu, cuda, cuda:N)")
+    args = parser.parse_args()
     print(f"numpy {np.__version__}, scipy {__import__('scipy').__version__}")
     for n1, n2 in [(10_000, 10_000), (10_000, 5_000), (10_001, 10_000), (50_000, 10_000)]:
         print(f"ks_2samp method='auto' at {n1} x {n2} uses: {auto_method(n1, n2)}")
@@ -126,6 +160,19 @@ def main() -> None:
         print(
             f"{label:<44}{ours * 1e3:>10.1f}{theirs * 1e3:>10.1f}{theirs / ours:>7.1f}x{same!s:>11}"
         )
+    if args.device:
+        import torch
+
+        name = (torch.cuda.get_device_name(torch.device(args.device))
+                if args.device.startswith("cuda") else "CPU")
+        print(f"\nbatched KS in torch {torch.__version__} on {args.device} ({name}); baseline: "
+              "the numpy KSDetector; 'identical': equal statistics, p-values to 1e-12")
+        print(f"{'case':<44}{'torch ms':>10}{'numpy ms':>10}{'ratio':>8}{'identical':>11}")
+        for features, n in ((100, 10_000), (20, 10_000), (100, 50_000)):
+            ours, theirs, same = ks_torch_case(features, n, args.device, 20)
+            label = f"KS {features} features, {n // 1000}k x {n // 1000}k"
+            print(f"{label:<44}{ours * 1e3:>10.2f}{theirs * 1e3:>10.1f}"
+                  f"{theirs / ours:>7.1f}x{same!s:>11}")
 
 
 if __name__ == "__main__":

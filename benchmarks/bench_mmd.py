@@ -131,19 +131,28 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def big_child(n: int, d: int, n_perm: int, block_size: int) -> None:
+def big_child(n: int, d: int, n_perm: int, block_size: int, backend: str = "numpy",
+              device: str = "cpu") -> None:
     """Run in a child process: one blocked window at ``n`` per side; print JSON."""
     x, y = data(n, d)
     start = time.perf_counter()
-    detector = MMDDetector(x, n_permutations=n_perm, block_size=block_size)
+    detector = MMDDetector(x, n_permutations=n_perm, block_size=block_size,
+                           **({"backend": "torch", "device": device} if backend == "torch"
+                              else {}))
     init_s = time.perf_counter() - start
     start = time.perf_counter()
     result = detector.test(y)
     test_s = time.perf_counter() - start
     peak_kib = peak_rss_kib()
+    gpu_peak = 0.0
+    if device.startswith("cuda"):
+        import torch
+
+        gpu_peak = torch.cuda.max_memory_allocated() / 2**30
     print(
         json.dumps(
             {
+                "gpu_peak_gib": gpu_peak,
                 "init_s": init_s,
                 "test_s": test_s,
                 "peak_gib": peak_kib / 2**20,
@@ -165,10 +174,13 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=50_000, help="0 skips the big row")
     parser.add_argument("--big-permutations", type=int, default=100)
     parser.add_argument("--block-size", type=int, default=2048)
+    parser.add_argument("--big-backend", choices=["numpy", "torch"], default="numpy")
+    parser.add_argument("--big-device", default="cpu", help="torch big row: cpu, cuda, cuda:N")
     parser.add_argument("--big-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.big_child:
-        big_child(args.big, args.dim, args.big_permutations, args.block_size)
+        big_child(args.big, args.dim, args.big_permutations, args.block_size,
+                  args.big_backend, args.big_device)
         return
 
     n_perm, d = args.permutations, args.dim
@@ -222,6 +234,8 @@ def main() -> None:
                 f"--dim={d}",
                 f"--big-permutations={args.big_permutations}",
                 f"--block-size={args.block_size}",
+                f"--big-backend={args.big_backend}",
+                f"--big-device={args.big_device}",
             ],
             capture_output=True,
             text=True,
@@ -231,9 +245,10 @@ def main() -> None:
         dense_gb = 8 * (2 * args.big) ** 2 / 1e9
         print(
             f"{args.big:>10,} | {out['init_s'] * 1e3:>10,.0f} | {out['test_s'] * 1e3:>10,.0f} | "
-            f"numpy CPU float64, blocked "
+            f"{args.big_backend} {args.big_device}, blocked "
             f"(tiles {args.block_size}^2), {args.big_permutations} permutations (reduced), "
-            f"no subsampling: peak RSS {out['peak_gib']:.2f} GiB (dense K: {dense_gb:.0f} GB); "
+            f"no subsampling: peak RSS {out['peak_gib']:.2f} GiB, peak GPU memory "
+            f"{out['gpu_peak_gib']:.2f} GiB (dense K: {dense_gb:.0f} GB); "
             f"p = {out['p_value']:.3g}"
         )
     print(f"CPU cores available: {len(os.sched_getaffinity(0))}")

