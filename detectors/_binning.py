@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import math
 import types
-from collections import Counter
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -37,6 +36,8 @@ from ._common import (
     NUMERIC_KINDS,
     check_min_samples,
     check_threshold,
+    check_unit_interval,
+    count_categories,
     typed_current_columns,
 )
 from .results import DriftResult
@@ -70,23 +71,7 @@ def check_bins(bins: int) -> int:
 
 def check_epsilon(epsilon: float) -> float:
     """Validate ``epsilon``: a float in (0, 1)."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating)):
-        raise TypeError(f"epsilon must be a float in (0, 1), got {type(epsilon).__name__}")
-    if not 0.0 < float(epsilon) < 1.0:  # also rejects NaN
-        raise ValueError(f"epsilon must be in (0, 1), got {epsilon!r}")
-    return float(epsilon)
-
-
-def count_categories(feature: str, values: np.ndarray) -> dict[Hashable, int]:
-    """Category -> count, keyed by plain Python values so str and object columns match."""
-    if values.dtype.kind == "O":
-        # Object columns need not be orderable (np.unique sorts), only hashable.
-        try:
-            return dict(Counter(values.tolist()))
-        except TypeError as exc:
-            raise TypeError(f"feature {feature!r} holds unhashable values: {exc}") from None
-    categories, counts = np.unique(values, return_counts=True)
-    return dict(zip(categories.tolist(), counts.tolist(), strict=True))
+    return check_unit_interval("epsilon", epsilon)
 
 
 def quantile_edges(sorted_reference: np.ndarray, bins: int) -> np.ndarray:

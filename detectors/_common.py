@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -18,13 +19,56 @@ CATEGORICAL_KINDS = "biuUSO"
 
 def check_options(alpha: float, correction: str, min_samples: int) -> tuple[float, str, int]:
     """Validate the keyword arguments every detector shares."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)):
-        raise TypeError(f"alpha must be a float in (0, 1), got {type(alpha).__name__}")
-    if not 0.0 < float(alpha) < 1.0:  # also rejects NaN
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     if not isinstance(correction, str) or correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
-    return float(alpha), correction, check_min_samples(min_samples)
+    return check_unit_interval("alpha", alpha), correction, check_min_samples(min_samples)
+
+
+def _is_real(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(
+        value, (int, float, np.floating, np.integer))
+
+
+def check_unit_interval(name: str, value: float) -> float:
+    """Validate a float parameter ``name`` in (0, 1): a significance level, a confidence."""
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a float in (0, 1), got {type(value).__name__}")
+    if not 0.0 < float(value) < 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    """Validate a float parameter ``name``: finite and >= 0."""
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a float >= 0, got {type(value).__name__}")
+    if not 0.0 <= float(value) < math.inf:  # also rejects NaN
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value: int, lowest: int) -> int:
+    """Validate an int parameter ``name`` >= ``lowest``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {lowest}, got {type(value).__name__}")
+    if value < lowest:
+        raise ValueError(f"{name} must be >= {lowest}, got {value!r}")
+    return int(value)
+
+
+def one_d(name: str, values: object, kinds: str, why: str = "") -> np.ndarray:
+    """``values`` as a 1-D array whose dtype kind is in ``kinds`` (not copied).
+
+    ``why`` is appended to the dtype error (e.g. " (floats are not classes)").
+    """
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise TypeError(f"{name} must be a 1-D array, got {type(values).__name__}")
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    if array.dtype.kind not in kinds:
+        raise TypeError(f"{name} has unsupported dtype {array.dtype}{why}")
+    return array
 
 
 def column(feature: str, values: object, kinds: str, what: str) -> np.ndarray:
@@ -147,22 +191,12 @@ ANY_KINDS = "biufUSO"
 
 def check_threshold(threshold: float) -> float:
     """Validate a distance detector's ``threshold``: a finite float >= 0."""
-    if isinstance(threshold, bool) or not isinstance(
-        threshold, (int, float, np.floating, np.integer)
-    ):
-        raise TypeError(f"threshold must be a float >= 0, got {type(threshold).__name__}")
-    if not 0.0 <= float(threshold) < math.inf:  # also rejects NaN
-        raise ValueError(f"threshold must be finite and >= 0, got {threshold!r}")
-    return float(threshold)
+    return check_nonnegative("threshold", threshold)
 
 
 def check_min_samples(min_samples: int, lowest: int = 1) -> int:
     """Validate ``min_samples``: an int >= ``lowest``."""
-    if isinstance(min_samples, bool) or not isinstance(min_samples, (int, np.integer)):
-        raise TypeError(f"min_samples must be an int >= {lowest}, got {type(min_samples).__name__}")
-    if min_samples < lowest:
-        raise ValueError(f"min_samples must be >= {lowest}, got {min_samples!r}")
-    return int(min_samples)
+    return check_int("min_samples", min_samples, lowest)
 
 
 def typed_current_columns(
@@ -248,3 +282,15 @@ def running_count(mask: np.ndarray) -> np.ndarray:
     """``np.cumsum(mask)`` of a bool array, several times faster (int32 when it fits)."""
     dtype = np.int32 if mask.size < 2**31 else np.int64
     return np.cumsum(mask.view(np.uint8), dtype=dtype)
+
+
+def count_categories(feature: str, values: np.ndarray) -> dict[Hashable, int]:
+    """Category -> count, keyed by plain Python values so str and object columns match."""
+    if values.dtype.kind == "O":
+        # Object columns need not be orderable (np.unique sorts), only hashable.
+        try:
+            return dict(Counter(values.tolist()))
+        except TypeError as exc:
+            raise TypeError(f"feature {feature!r} holds unhashable values: {exc}") from None
+    categories, counts = np.unique(values, return_counts=True)
+    return dict(zip(categories.tolist(), counts.tolist(), strict=True))

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from ._common import check_min_samples, check_unit_interval, one_d
 from .chisquare import ChiSquareDetector
 from .correction import adjust_p_values
 from .errors import DetectorError, InsufficientDataError
@@ -192,8 +193,8 @@ class BBSE:
         min_samples: int = 1,
         min_expected: float = 5.0,
     ) -> None:
-        self.alpha = _unit_interval("alpha", alpha)
-        self.confidence = _unit_interval("confidence", confidence)
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.confidence = check_unit_interval("confidence", confidence)
         if isinstance(max_condition_number, bool) or not isinstance(
             max_condition_number, (int, float, np.integer, np.floating)
         ):
@@ -204,11 +205,7 @@ class BBSE:
         if not float(max_condition_number) >= 1.0:  # also rejects NaN
             raise ValueError(f"max_condition_number must be >= 1, got {max_condition_number!r}")
         self.max_condition_number = float(max_condition_number)
-        if isinstance(min_samples, bool) or not isinstance(min_samples, (int, np.integer)):
-            raise TypeError(f"min_samples must be an int >= 1, got {type(min_samples).__name__}")
-        if min_samples < 1:
-            raise ValueError(f"min_samples must be >= 1, got {min_samples!r}")
-        self.min_samples = int(min_samples)
+        self.min_samples = check_min_samples(min_samples)
 
         y_true = _classes_array("reference_y_true", reference_y_true)
         y_pred = _classes_array("reference_y_pred", reference_y_pred)
@@ -410,24 +407,9 @@ class BBSE:
                            self.n_reference, est.n_current, "bonferroni", features)
 
 
-def _unit_interval(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a float in (0, 1), got {type(value).__name__}")
-    if not 0.0 < float(value) < 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
-    return float(value)
-
-
 def _classes_array(name: str, values: object) -> np.ndarray:
     """``values`` as a 1-D array of classes (not copied)."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise TypeError(f"{name} must be a 1-D array, got {type(values).__name__}")
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
-    if array.dtype.kind not in _CLASS_KINDS:
-        raise TypeError(f"{name} has unsupported dtype {array.dtype} (floats are not classes)")
-    return array
+    return one_d(name, values, _CLASS_KINDS, " (floats are not classes)")
 
 
 def _distinct(values: np.ndarray) -> list[Any]:

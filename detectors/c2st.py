@@ -8,9 +8,9 @@ import numpy as np
 from scipy.special import expit
 from scipy.stats import mannwhitneyu
 
-from ._common import assemble, insufficient
+from ._common import assemble, check_int, check_unit_interval, insufficient
 from .errors import InsufficientDataError
-from .mmd import check_alpha, check_feature, check_int, check_matrix, subsample
+from .mmd import check_feature, check_matrix, subsample
 from .results import DriftResult
 
 __all__ = ["ClassifierTwoSampleDetector", "LogisticFit", "fit_logistic"]
@@ -109,7 +109,7 @@ class ClassifierTwoSampleDetector:
         min_samples: int = 4,
         feature: str = "embedding",
     ) -> None:
-        self.alpha = check_alpha(alpha)
+        self.alpha = check_unit_interval("alpha", alpha)
         if isinstance(test_size, bool) or not isinstance(
             test_size, (int, float, np.floating, np.integer)
         ):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from collections.abc import Hashable, Mapping
 
 import numpy as np
 from scipy.special import chdtrc
 
 from ._base import PerFeatureTest
-from ._common import CATEGORICAL_KINDS, check_options, current_columns
+from ._common import (
+    CATEGORICAL_KINDS,
+    check_nonnegative,
+    check_options,
+    count_categories,
+    current_columns,
+)
 from .results import DriftResult
 
 __all__ = ["ChiSquareDetector"]
@@ -104,9 +108,9 @@ class ChiSquareDetector(PerFeatureTest):
         self.alpha, self.correction, self.min_samples = check_options(
             alpha, correction, min_samples
         )
-        self.min_expected = _check_min_expected(min_expected)
+        self.min_expected = check_nonnegative("min_expected", min_expected)
         columns = self._reference(reference, CATEGORICAL_KINDS)
-        self._counts = {feature: _count(feature, values) for feature, values in columns.items()}
+        self._counts = {f: count_categories(f, values) for f, values in columns.items()}
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, min_expected={self.min_expected})"
@@ -132,36 +136,10 @@ class ChiSquareDetector(PerFeatureTest):
         statistics = np.zeros(len(self.features))
         dof = np.zeros(len(self.features))
         for i, feature in enumerate(self.features):
-            statistics[i], dof[i] = _pearson(
-                self._counts[feature], _count(feature, columns[feature]), self.min_expected
-            )
+            current = count_categories(feature, columns[feature])
+            statistics[i], dof[i] = _pearson(self._counts[feature], current, self.min_expected)
         # One vectorised call for all features; dof 0 (a single category) gives p = 1.
         return statistics, np.where(dof > 0, chdtrc(np.maximum(dof, 1), statistics), 1.0)
-
-
-def _count(feature: str, values: np.ndarray) -> dict[Hashable, int]:
-    """Category -> count, keyed by plain Python values so str/object columns match."""
-    if values.dtype.kind == "O":
-        # Object columns need not be orderable (np.unique sorts), only hashable.
-        try:
-            return dict(Counter(values.tolist()))
-        except TypeError as exc:
-            raise TypeError(f"feature {feature!r} holds unhashable values: {exc}") from None
-    categories, counts = np.unique(values, return_counts=True)
-    return dict(zip(categories.tolist(), counts.tolist(), strict=True))
-
-
-def _check_min_expected(min_expected: float) -> float:
-    """Validate ``min_expected``: a finite float >= 0."""
-    if isinstance(min_expected, bool) or not isinstance(
-        min_expected, (int, float, np.floating, np.integer)
-    ):
-        raise TypeError(
-            f"min_expected must be a finite float >= 0, got {type(min_expected).__name__}"
-        )
-    if not 0.0 <= float(min_expected) < math.inf:  # also rejects NaN
-        raise ValueError(f"min_expected must be finite and >= 0, got {min_expected!r}")
-    return float(min_expected)
 
 
 def _pool(observed: np.ndarray, min_expected: float) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 from scipy.stats import fisher_exact
 
+from ._common import check_min_samples, check_unit_interval, one_d
 from .chisquare import ChiSquareDetector
 from .errors import InsufficientDataError
 from .ks import KSDetector
@@ -33,34 +34,6 @@ _TASKS = ("classification", "regression")
 _TESTS = {"classification": ("fisher", "chi2"), "regression": ("ks",)}
 
 
-def _check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)):
-        raise TypeError(f"alpha must be a float in (0, 1), got {type(alpha).__name__}")
-    if not 0.0 < float(alpha) < 1.0:  # also rejects NaN
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    return float(alpha)
-
-
-def _check_min_samples(min_samples: int) -> int:
-    if isinstance(min_samples, bool) or not isinstance(min_samples, (int, np.integer)):
-        raise TypeError(f"min_samples must be an int >= 1, got {type(min_samples).__name__}")
-    if min_samples < 1:
-        raise ValueError(f"min_samples must be >= 1, got {min_samples!r}")
-    return int(min_samples)
-
-
-def _one_d(name: str, values: object, kinds: str) -> np.ndarray:
-    """``values`` as a 1-D array whose dtype kind is in ``kinds`` (not copied)."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise TypeError(f"{name} must be a 1-D array, got {type(values).__name__}")
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
-    if array.dtype.kind not in kinds:
-        raise TypeError(f"{name} has unsupported dtype {array.dtype}")
-    return array
-
-
 class _ClassDistributionDetector:
     """Chi-square homogeneity test of one 1-D array of classes against a reference."""
 
@@ -70,9 +43,9 @@ class _ClassDistributionDetector:
 
     def __init__(self, reference: np.ndarray, *, alpha: float = 0.05, min_samples: int = 1,
                  min_expected: float = 5.0) -> None:
-        self.alpha = _check_alpha(alpha)
-        self.min_samples = _check_min_samples(min_samples)
-        values = _one_d("reference", reference, _CLASS_KINDS)
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.min_samples = check_min_samples(min_samples)
+        values = one_d("reference", reference, _CLASS_KINDS)
         if values.size < self.min_samples:
             raise InsufficientDataError(
                 f"reference has {values.size} values; min_samples is {self.min_samples}"
@@ -110,7 +83,7 @@ class _ClassDistributionDetector:
         ValueError, TypeError
             ``current`` is not 1-D, has a float dtype, or holds unhashable values.
         """
-        values = _one_d("current", current, _CLASS_KINDS)
+        values = one_d("current", current, _CLASS_KINDS)
         result = self._chi2.test({self.feature: values})
         return dataclasses.replace(result, detector=self.name)
 
@@ -264,8 +237,8 @@ class PerformanceDriftDetector:
         if not isinstance(test, str) or test not in _TESTS[task]:
             raise ValueError(f"test must be one of {_TESTS[task]} for task={task!r}, got {test!r}")
         self.task, self.test_name = task, test
-        self.alpha = _check_alpha(alpha)
-        self.min_samples = _check_min_samples(min_samples)
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.min_samples = check_min_samples(min_samples)
         y_true, y_pred = self._labelled("reference", reference_y_true, reference_y_pred)
         if y_true.size < self.min_samples:
             raise InsufficientDataError(
@@ -372,8 +345,8 @@ class PerformanceDriftDetector:
     def _labelled(self, side: str, y_true: object, y_pred: object) -> tuple[np.ndarray, np.ndarray]:
         """Validate one side's pair of arrays; return them without unlabelled records."""
         kinds = "biufUSO" if self.task == "classification" else "biuf"
-        true = _one_d(f"{side} y_true", y_true, kinds)
-        pred = _one_d(f"{side} y_pred", y_pred, kinds)
+        true = one_d(f"{side} y_true", y_true, kinds)
+        pred = one_d(f"{side} y_pred", y_pred, kinds)
         if true.size != pred.size:
             raise ValueError(
                 f"{side} y_true and y_pred must have the same length, got {true.size} and "

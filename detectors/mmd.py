@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import NUMERIC_KINDS, assemble, insufficient
+from ._common import NUMERIC_KINDS, assemble, check_int, check_unit_interval, insufficient
 from .backend import check_device, require_torch, resolve_device, resolve_dtype
 from .errors import InsufficientDataError
 from .results import DriftResult
@@ -194,7 +194,7 @@ class MMDDetector:
         min_samples: int = 2,
         feature: str = "embedding",
     ) -> None:
-        self.alpha = check_alpha(alpha)
+        self.alpha = check_unit_interval("alpha", alpha)
         self.n_permutations = check_int("n_permutations", n_permutations, 1)
         self.seed = check_int("seed", seed, 0)
         self.block_size = check_int("block_size", block_size, 1)
@@ -463,24 +463,6 @@ class _TorchOps:
 
 
 # --- helpers shared with the classifier two-sample test ----------------------------------------
-
-
-def check_alpha(alpha: float) -> float:
-    """Validate a significance level in (0, 1)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)):
-        raise TypeError(f"alpha must be a float in (0, 1), got {type(alpha).__name__}")
-    if not 0.0 < float(alpha) < 1.0:  # also rejects NaN
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    return float(alpha)
-
-
-def check_int(name: str, value: int, lowest: int) -> int:
-    """Validate an int parameter ``name`` >= ``lowest``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {lowest}, got {type(value).__name__}")
-    if value < lowest:
-        raise ValueError(f"{name} must be >= {lowest}, got {value!r}")
-    return int(value)
 
 
 def check_feature(feature: str) -> str:

@@ -20,17 +20,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ._common import check_int
+
 __all__ = ["ADWIN", "DDM", "PageHinkley"]
 
 _REAL = (int, float, np.integer, np.floating, np.bool_)
-
-
-def _positive_int(name: str, value: int, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _real(name: str, value: float) -> float:
@@ -170,7 +164,7 @@ class DDM(_StreamDetector):
         warning_threshold: float = 2.0,
         drift_threshold: float = 3.0,
     ) -> None:
-        self.min_num_instances = _positive_int("min_num_instances", min_num_instances)
+        self.min_num_instances = check_int("min_num_instances", min_num_instances, 1)
         self.warning_threshold = _real("warning_threshold", warning_threshold)
         self.drift_threshold = _real("drift_threshold", drift_threshold)
         if not self.warning_threshold > 0.0:
@@ -304,10 +298,10 @@ class ADWIN(_StreamDetector):
         self.delta = _real("delta", delta)
         if not 0.0 < self.delta < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-        self.clock = _positive_int("clock", clock)
-        self.max_buckets = _positive_int("max_buckets", max_buckets, minimum=2)
-        self.min_window_length = _positive_int("min_window_length", min_window_length)
-        self.grace_period = _positive_int("grace_period", grace_period)
+        self.clock = check_int("clock", clock, 1)
+        self.max_buckets = check_int("max_buckets", max_buckets, 2)
+        self.min_window_length = check_int("min_window_length", min_window_length, 1)
+        self.grace_period = check_int("grace_period", grace_period, 1)
         self._n_detections = 0
         super().__init__()
 
@@ -490,7 +484,7 @@ class PageHinkley(_StreamDetector):
         alpha: float = 1 - 0.0001,
         mode: str = "both",
     ) -> None:
-        self.min_instances = _positive_int("min_instances", min_instances)
+        self.min_instances = check_int("min_instances", min_instances, 1)
         self.delta = _real("delta", delta)
         if not (math.isfinite(self.delta) and self.delta >= 0.0):
             raise ValueError(f"delta must be finite and >= 0, got {delta!r}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from detectors import DriftResult, KSDetector, MMDDetector
 from monitor.errors import ReferenceDataError
+from monitor.reference import json_lines
 from monitor.settings import EmbeddingSettings
 
 
@@ -34,13 +34,7 @@ def _payloads(path: Path) -> tuple[list[Any], str]:
         raise ReferenceDataError(f"{path}: embedding reference file not found")
     raw = path.read_bytes()
     out: list[Any] = []
-    for i, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except ValueError as exc:
-            raise ReferenceDataError(f"{path}:{i}: not JSON: {exc}") from None
+    for _i, doc in json_lines(path, raw.decode("utf-8").splitlines()):
         payload = doc.get("input", doc) if isinstance(doc, dict) else doc
         if isinstance(payload, dict) and "text" in payload:
             payload = payload["text"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,17 @@ def _format(path: Path, fmt: str) -> str:
         f"{path}: cannot tell the format from the suffix '{suffix}'; set reference.format")
 
 
+def json_lines(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of each non-blank line; bad JSON names file and line."""
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except ValueError as exc:
+            raise ReferenceDataError(f"{path}:{i}: not JSON: {exc}") from None
+
+
 def _rows(path: Path, fmt: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
     if fmt == "csv":
         # utf-8-sig: spreadsheet exports start with a BOM that would otherwise end up in the
@@ -44,13 +55,7 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
                 yield i, row
     elif fmt == "jsonl":
         with path.open(encoding="utf-8") as fh:
-            for i, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    doc = json.loads(line)
-                except ValueError as exc:
-                    raise ReferenceDataError(f"{path}:{i}: not JSON: {exc}") from None
+            for i, doc in json_lines(path, fh):
                 if not isinstance(doc, dict):
                     raise ReferenceDataError(f"{path}:{i}: each line must be a JSON object")
                 feats = doc.get("features")
