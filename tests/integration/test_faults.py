@@ -20,9 +20,7 @@ import itertools
 import random
 import resource
 import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,22 +42,6 @@ pytestmark = pytest.mark.integration
 
 PARTITIONS = 3
 OUTAGE_S = 20.0
-
-
-@pytest.fixture
-def fresh_db(postgres_server) -> Iterator[Callable[[str], str]]:  # type: ignore[no-untyped-def]
-    """Factory: `fresh_db(prefix)` creates an empty database and returns its URL."""
-    made: list[str] = []
-
-    def make(prefix: str) -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-        made.append(name)
-        return postgres_server.create_database(name)
-
-    yield make
-    if postgres_server.running:
-        for name in made:
-            postgres_server.drop_database(name)
 
 
 def _check_windows(rows: list[dict], counts: dict[str, int], window: int) -> None:

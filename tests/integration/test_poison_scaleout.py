@@ -48,6 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services import register_cleanup, unregister_cleanup
 from services.ports import free_port
 
+from integration.daemon_proc import committed_offsets, end_offsets
 from monitor.errors import RecordError
 from monitor.kafka_io import DEAD_LETTER_MAX_VALUE
 from monitor.metrics import REJECT_REASONS
@@ -66,7 +67,7 @@ FIELDS = ("statistic", "p_value", "drifted", "insufficient_data", "n_current", "
           "window_start", "window_end", "features")
 
 
-# --- small helpers (independent of integration/daemon_proc.py on purpose) -----------------
+# --- small helpers ---------------------------------------------------------------------------
 
 
 def partition_of(key: str) -> int:
@@ -104,24 +105,6 @@ def create_topic(admin: KafkaAdminClient, name: str, partitions: int,
             pass
         assert time.monotonic() < deadline, f"topic {name}: no leaders after 30s"
         time.sleep(0.1)
-
-
-def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
-    finally:
-        consumer.close()
-    return {tp.partition: o for tp, o in ends.items()}
-
-
-def committed_offsets(bootstrap: str, group: str) -> dict[int, int]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    try:
-        got = admin.list_group_offsets(group).get(group, {})
-    finally:
-        admin.close()
-    return {tp.partition: om.offset for tp, om in got.items()}
 
 
 def read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
@@ -272,21 +255,6 @@ def assert_same(got: Mapping[Any, Mapping[str, Any]], want: Mapping[Any, Mapping
     assert not (missing or extra or differ), (
         f"{what}: {len(missing)} windows missing {missing[:5]}, {len(extra)} unexpected "
         f"{extra[:5]}, {len(differ)} differing (key, field) {differ[:5]}")
-
-
-@pytest.fixture
-def make_db(postgres_server) -> Iterator[Callable[[str], str]]:  # type: ignore[no-untyped-def]
-    made: list[str] = []
-
-    def make(prefix: str) -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-        made.append(name)
-        return postgres_server.create_database(name)
-
-    yield make
-    if postgres_server.running:
-        for name in made:
-            postgres_server.drop_database(name)
 
 
 @pytest.fixture
@@ -488,7 +456,7 @@ def produce_plan(bootstrap: str, topic: str, plan: Sequence[tuple[Any, ...]]) ->
 
 
 def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
-        kafka_broker, topics, make_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        kafka_broker, topics, fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
     t_start = time.monotonic()
     models = poison_models()
     streams = [s for s, _ in models]
@@ -561,10 +529,10 @@ def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
         int(POISON_RECORDS / 100 / TIME_WINDOW_S) - 1
     d_poison = Daemon(tmp_path, "poisoned", bootstrap=kafka_broker.bootstrap, topic=poisoned,
                       group=f"g-{poisoned}", dead_letter_topic=dlq,
-                      db_url=make_db("poisoned"), models=model_docs)
+                      db_url=fresh_db("poisoned"), models=model_docs)
     d_clean = Daemon(tmp_path, "clean", bootstrap=kafka_broker.bootstrap, topic=clean,
                      group=f"g-{clean}", dead_letter_topic=clean_dlq,
-                     db_url=make_db("clean"), models=model_docs)
+                     db_url=fresh_db("clean"), models=model_docs)
     both = [d_poison, d_clean]
     try:
         for d in both:  # they start up (imports, group join) while the records are produced
@@ -674,7 +642,7 @@ def interleaved(streams: Sequence[SyntheticStream], start: int, stop: int
 
 
 def test_scale_out_survivors_take_over_a_stopped_daemons_partitions(
-        kafka_broker, topics, make_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        kafka_broker, topics, fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
     t_start = time.monotonic()
     names = names_per_partition("scale-", 2)  # two models on every partition
     streams = [SyntheticStream(model=n, seed=100 + i, drift_at=1_600 if i % 2 else None,
@@ -683,13 +651,13 @@ def test_scale_out_survivors_take_over_a_stopped_daemons_partitions(
                                                        REFERENCE_ROWS), SCALE_WINDOW)
                   for s in streams]
     topic, dlq = topics("scale"), topics("scale-dlq", 1)
-    group, shared_db = f"g-{topic}", make_db("scaled")
+    group, shared_db = f"g-{topic}", fresh_db("scaled")
     bootstrap = kafka_broker.bootstrap
     members = [Daemon(tmp_path, f"member-{i}", bootstrap=bootstrap, topic=topic, group=group,
                       dead_letter_topic=dlq, db_url=shared_db, models=model_docs)
                for i in range(3)]
     single = Daemon(tmp_path, "single", bootstrap=bootstrap, topic=topic, group=f"g1-{topic}",
-                    dead_letter_topic=dlq, db_url=make_db("single"), models=model_docs)
+                    dead_letter_topic=dlq, db_url=fresh_db("single"), models=model_docs)
     n_windows = len(streams) * (SCALE_RECORDS // SCALE_WINDOW)
     # Tables first: members starting together race to create them (see the next test).
     stored(shared_db)
@@ -801,11 +769,11 @@ def test_scale_out_survivors_take_over_a_stopped_daemons_partitions(
 
 
 def test_members_starting_together_on_a_fresh_database_all_create_the_schema(
-        make_db) -> None:  # type: ignore[no-untyped-def]
+        fresh_db) -> None:  # type: ignore[no-untyped-def]
     """Replicas of a scaled-out deployment start at the same moment on an empty database:
     every one must get its tables (CREATE TABLE races must not stop a daemon)."""
     for attempt in range(3):
-        url = make_db(f"race{attempt}")
+        url = fresh_db(f"race{attempt}")
         barrier = threading.Barrier(6)
         errors: list[BaseException] = []
 
