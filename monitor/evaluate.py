@@ -147,6 +147,9 @@ class ModelEvaluator:
             names.append(self.label_shift.name)
         return names + (self.embedding.detector_names if self.embedding is not None else [])
 
+    def load_state(self, saved: Mapping[str, str]) -> None:
+        """Nothing to resume: these detectors compare each window with the reference alone."""
+
     def __getstate__(self) -> dict[str, Any]:
         # The saved reference state never includes the model (it has its own cache).
         return {**self.__dict__, "embedding": None}

@@ -185,7 +185,11 @@ class LabelEvaluator:
         self.label_drift = (LabelDriftDetector(y_true, alpha=alpha)
                             if self.task == "classification" else None)
         self.n_reference = len(y_true)
-        self.streaming = [self._warmed(spec, y_true, y_pred) for spec in settings.streaming]
+        # Warm-up stream: the reference's errors in a fixed shuffled order, since a file
+        # sorted by time or class would make its own order look like drift.
+        errors = self._errors(y_true, y_pred)
+        warm_up = errors[np.random.default_rng(0).permutation(len(errors))].tolist()
+        self.streaming = [self._warmed(spec, warm_up) for spec in settings.streaming]
         self._warm_state = self.state()
 
     def _errors(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -193,12 +197,10 @@ class LabelEvaluator:
             return (y_true != y_pred).astype(np.float64)
         return np.abs(y_true.astype(np.float64) - y_pred.astype(np.float64))
 
-    def _warmed(self, spec: StreamingDetectorSettings, y_true: np.ndarray,
-                y_pred: np.ndarray) -> StreamingDetector:
+    @staticmethod
+    def _warmed(spec: StreamingDetectorSettings, warm_up: list[float]) -> StreamingDetector:
         det: StreamingDetector = _STREAMING[spec.kind](**spec.params)
-        errors = self._errors(y_true, y_pred)
-        # A file sorted by time or class would make its own order look like drift.
-        for x in errors[np.random.default_rng(0).permutation(len(errors))].tolist():
+        for x in warm_up:
             det.update(x)
         return det
 

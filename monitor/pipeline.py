@@ -46,6 +46,8 @@ class Evaluator(Protocol):
 
     def evaluate(self, window: ClosedWindow) -> WindowReport: ...
 
+    def load_state(self, saved: Mapping[str, str]) -> None: ...
+
 
 @dataclass
 class StreamState:
@@ -329,9 +331,8 @@ class Pipeline:
         for name, model in self.models.items():
             for stream, s in model.streams():
                 s.windows = s.new_windows(state.last_window.get((stream, name)))
-                load = getattr(s.evaluator, "load_state", None)
-                if load is not None:  # the evaluator's state must match the stored windows
-                    load(state.detector_state.get((stream, name), {}))
+                # detectors with state across windows resume after the last stored one
+                s.evaluator.load_state(state.detector_state.get((stream, name), {}))
 
     # -- flush, then commit --------------------------------------------------------------
     def flush_and_commit(self, stop: threading.Event) -> bool:
