@@ -7,26 +7,21 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from detectors.bbse import SingularConfusionMatrixError
 from monitor.deadletter import DeadLetter
-from monitor.errors import ConfigError
-from monitor.evaluate import ModelEvaluator, WindowReport
+from monitor.evaluate import WindowReport
+from monitor.factory import build_models
 from monitor.health import serve
-from monitor.labels import LabelEvaluator, LabelJoin
+from monitor.label_join import LabelJoin
 from monitor.metrics import Metrics
-from monitor.pipeline import ModelState, Pipeline, StoredState, StreamState, Windows
-from monitor.reference import load_reference
-from monitor.refstate import load_or_build
-from monitor.schema import Decoder, FeatureKind, ModelSchema
-from monitor.settings import CountWindow, ModelSettings, Settings
+from monitor.pipeline import Pipeline, StoredState
+from monitor.schema import Decoder
+from monitor.settings import Settings
 from monitor.sinks import PrometheusSink, Sink
 from monitor.sources import Source
 from monitor.storage import SqlStore
-from monitor.windows import CountWindows, TimeWindows
 
 log = logging.getLogger("driftline")
 
@@ -83,30 +78,8 @@ def build_daemon(
             last.update({(stream, m): i for m, i in store.last_window_index(stream).items()})
         return StoredState(offsets, last, store.detector_states())
 
-    models: dict[str, ModelState] = {}
-    schemas: dict[str, ModelSchema] = {}
-    cache = settings.storage.reference_cache_dir
-    cache_dir = Path(cache).expanduser() if cache else None
-    for m in settings.models:
-        kinds = {f.name: f.type for f in m.features}
-        columns: dict[str, FeatureKind] = dict(kinds)
-        if m.prediction_drift is not None:  # the reference's predictions come along
-            columns["prediction"] = ("numeric" if m.prediction_drift.task == "regression"
-                                     else "categorical")
-            if m.prediction_drift.label_shift and m.labels is None:
-                columns["label"] = "categorical"  # BBSE's confusion matrix
-        evaluator = load_or_build(
-            m, lambda m=m, columns=columns: _evaluator(m, columns), cache_dir)  # type: ignore[misc]
-        if m.embedding is not None:
-            evaluator.embedding = _embedding(m, metrics, cache_dir)
-        new_windows = _windows_factory(m)
-        models[m.name] = ModelState(
-            StreamState(evaluator, new_windows(None), new_windows),
-            _label_stream(m) if m.labels is not None else None)
-        schemas[m.name] = ModelSchema(
-            kinds, needs_input=m.embedding is not None,
-            numeric_prediction=m.prediction_drift is not None
-            and m.prediction_drift.task == "regression")
+    built = build_models(settings, metrics)
+    models, schemas = built.models, built.schemas
 
     # Only now touch the database: bad references fail first and leave no file behind.
     store = SqlStore(settings.storage.url)
@@ -140,63 +113,6 @@ def build_daemon(
         log.info("serving /metrics, /healthz, /readyz on %s:%d", settings.metrics.address,
                  daemon.metrics_port)
     return daemon
-
-
-def _evaluator(m: ModelSettings, columns: dict[str, FeatureKind]) -> ModelEvaluator:
-    reference = load_reference(m.reference.path, columns, m.reference.format)
-    labelled = None
-    if m.prediction_drift is not None and m.prediction_drift.label_shift and m.labels:
-        # Label shift is estimated from the labelled reference when there is one.
-        labelled = load_reference(m.labels.reference.path,
-                                  {"label": "categorical", "prediction": "categorical"},
-                                  m.labels.reference.format)
-    try:
-        return ModelEvaluator(m, reference, labelled)
-    except SingularConfusionMatrixError as exc:
-        raise ConfigError(f"model '{m.name}', prediction_drift.label_shift: {exc}") from None
-
-
-def _embedding(m: ModelSettings, metrics: Metrics, cache_dir: Path | None) -> Any:
-    from embeddings.errors import EmbeddingError
-    from monitor.embedding_drift import EmbeddingDrift
-
-    assert m.embedding is not None
-
-    def timed(n: int, seconds: float) -> None:  # the embeddings package has no metrics
-        metrics.embedded_records.labels(model=m.name).inc(n)
-        metrics.embedding_duration.labels(model=m.name).observe(seconds)
-
-    try:
-        return EmbeddingDrift(m.embedding, m.alpha, cache_dir, on_embedded=timed)
-    except (EmbeddingError, OSError, ValueError, ImportError) as exc:
-        raise ConfigError(f"model '{m.name}', embedding: {exc}") from exc
-
-
-def _label_stream(m: ModelSettings) -> StreamState:
-    assert m.labels is not None
-    kind: FeatureKind = "categorical" if m.labels.task == "classification" else "numeric"
-    reference = load_reference(m.labels.reference.path, {"label": kind, "prediction": kind},
-                               m.labels.reference.format)
-    size = m.labels.window_size
-
-    def make(last_stored: int | None) -> Windows:
-        return CountWindows(m.name, size, next_index=0 if last_stored is None
-                            else last_stored + 1)
-
-    return StreamState(LabelEvaluator(m.name, m.labels, m.alpha, reference), make(None), make)
-
-
-def _windows_factory(m: ModelSettings) -> Callable[[int | None], Windows]:
-    window = m.window
-
-    def make(last_stored: int | None) -> Windows:
-        if isinstance(window, CountWindow):
-            return CountWindows(m.name, window.size,
-                                next_index=0 if last_stored is None else last_stored + 1)
-        return TimeWindows(m.name, window.seconds, window.allowed_lateness_seconds,
-                           last_closed_index=last_stored)
-
-    return make
 
 
 def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:

@@ -42,21 +42,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from monitor.evaluate import ModelEvaluator
-    from monitor.reference import load_reference
+    from monitor.factory import build_models
+    from monitor.metrics import Metrics
     from monitor.settings import load_settings
     from monitor.storage import SqlStore
 
     settings = load_settings(args.file)
     SqlStore(settings.storage.url).close()  # checks the URL and its driver; does not connect
+    built = build_models(settings, Metrics())  # exactly what `run` builds, minus connections
     for m in settings.models:
-        kinds = {f.name: f.type for f in m.features}
-        ref = load_reference(m.reference.path, kinds, m.reference.format)
-        ev = ModelEvaluator(m, ref)
-        n = len(next(iter(ref.values())))
-        print(f"model {m.name}: {len(kinds)} features, reference {m.reference.path} "
-              f"({n} rows), window {m.window.model_dump()}, detectors "
-              f"{', '.join(ev.detector_names)}")
+        state = built.models[m.name]
+        detectors = [d for _stream, s in state.streams() for d in s.evaluator.detector_names]
+        rows = getattr(state.features.evaluator, "n_reference", "?")
+        print(f"model {m.name}: {len(m.features)} features, reference {m.reference.path} "
+              f"({rows} rows), window {m.window.model_dump()}, detectors {', '.join(detectors)}")
     print(f"{args.file}: OK")
     return 0
 

@@ -59,6 +59,7 @@ class ModelEvaluator:
         """``labelled``: 'label' and 'prediction' columns for label-shift estimation
         (default: those of ``reference``)."""
         self.model = model.name
+        self.n_reference = len(next(iter(reference.values()), ()))
         self.features: dict[str, FeatureKind] = {f.name: f.type for f in model.features}
         self.detectors: list[tuple[Any, tuple[str, ...]]] = []  # per-feature or multivariate
         self._scale: dict[str, tuple[np.ndarray, np.ndarray]] = {}

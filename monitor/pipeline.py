@@ -27,7 +27,7 @@ from monitor.deadletter import DeadLetter
 from monitor.errors import RecordError, SinkError, SourceError
 from monitor.evaluate import WindowReport
 from monitor.health import Health
-from monitor.labels import LabelJoin
+from monitor.label_join import LabelJoin
 from monitor.metrics import Metrics
 from monitor.schema import Decoder
 from monitor.sinks import Sink
