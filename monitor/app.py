@@ -11,12 +11,12 @@ from types import FrameType
 from typing import Any
 
 from monitor.deadletter import DeadLetter
-from monitor.evaluate import WindowReport
 from monitor.factory import build_models
 from monitor.health import serve
 from monitor.label_join import LabelJoin
 from monitor.metrics import Metrics
 from monitor.pipeline import Pipeline, StoredState
+from monitor.report import WindowReport
 from monitor.schema import Decoder
 from monitor.settings import Settings
 from monitor.sinks import PrometheusSink, Sink

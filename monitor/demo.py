@@ -19,7 +19,7 @@ import yaml
 
 from monitor.app import build_daemon, install_signal_handlers
 from monitor.deadletter import JsonlDeadLetter
-from monitor.evaluate import WindowReport
+from monitor.report import WindowReport
 from monitor.settings import load_settings
 from monitor.sources import MemorySource
 from monitor.synthetic import SyntheticStream

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,25 +19,12 @@ from detectors.bbse import BBSE
 from detectors.c2st import ClassifierTwoSampleDetector
 from detectors.mmd import MMDDetector
 from detectors.registry import KINDS, build, choose
+from monitor.report import WindowReport
 from monitor.schema import FeatureKind
 from monitor.settings import MULTIVARIATE, DetectorSettings, ModelSettings
-from monitor.windows import ClosedWindow, TopicPartition
+from monitor.windows import ClosedWindow
 
-
-@dataclass(frozen=True, slots=True)
-class WindowReport:
-    model: str
-    window_index: int
-    window_start: float
-    window_end: float
-    n_records: int
-    results: tuple[DriftResult, ...]
-    offsets: Mapping[TopicPartition, tuple[int, int]]
-    evaluated_at: float
-    stream: str = "features"  # or "labels": windows of joined (label, prediction) pairs
-    # Detector name -> JSON state to store with the window (streaming detectors), so a
-    # restart resumes them exactly after the last stored window.
-    state: Mapping[str, str] | None = None
+__all__ = ["ModelEvaluator", "WindowReport", "default_detectors"]
 
 
 def default_detectors(model: ModelSettings,

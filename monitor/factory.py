@@ -7,6 +7,7 @@ minus the connections.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +54,25 @@ def build_models(settings: Settings, metrics: Metrics) -> BuiltModels:
         models[m.name] = ModelState(
             StreamState(evaluator, new_windows(None), new_windows),
             _label_stream(m) if m.labels is not None else None)
-        schemas[m.name] = ModelSchema(
-            kinds, needs_input=m.embedding is not None,
-            numeric_prediction=m.prediction_drift is not None
-            and m.prediction_drift.task == "regression")
+        schemas[m.name] = model_schema(m)
 
     return BuiltModels(models, schemas)
+
+
+def model_schema(m: ModelSettings) -> ModelSchema:
+    """What the decoder checks for ``m``'s records, including its embedding inputs."""
+    kinds: dict[str, FeatureKind] = {f.name: f.type for f in m.features}
+    numeric_prediction = (m.prediction_drift is not None
+                          and m.prediction_drift.task == "regression")
+    if m.embedding is None:
+        return ModelSchema(kinds, numeric_prediction=numeric_prediction)
+    em = m.embedding.model
+    if em.kind in ("sentence-transformers", "transformers"):
+        return ModelSchema(kinds, needs_input=True, numeric_prediction=numeric_prediction,
+                           input_kind="text")
+    return ModelSchema(kinds, needs_input=True, numeric_prediction=numeric_prediction,
+                       input_kind="array", input_size=math.prod(em.shape or ()),
+                       input_dtype=em.dtype)
 
 
 def _evaluator(m: ModelSettings, columns: dict[str, FeatureKind]) -> ModelEvaluator:

@@ -15,7 +15,7 @@ import numpy as np
 from detectors.label import LabelDriftDetector, PerformanceDriftDetector
 from detectors.results import DriftResult, FeatureResult
 from detectors.streaming import ADWIN, DDM, PageHinkley
-from monitor.evaluate import WindowReport
+from monitor.report import WindowReport
 from monitor.settings import LabelSettings, StreamingDetectorSettings
 from monitor.windows import ClosedWindow
 

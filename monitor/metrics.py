@@ -24,6 +24,8 @@ REJECT_REASONS: tuple[str, ...] = (
     "non_finite",
     "unknown_model",
     "late",
+    "future_timestamp",
+    "past_timestamp",
 )
 
 #: Join outcomes of delayed labels (the ``outcome`` label of ``driftline_labels_total``).
@@ -59,6 +61,11 @@ class Metrics:
         )
         self.windows_evaluated = Counter(
             "driftline_windows_evaluated_total", "Windows closed and tested for drift.",
+            ["model"], registry=r,
+        )
+        self.window_errors = Counter(
+            "driftline_window_errors_total",
+            "Windows whose evaluation failed unexpectedly (stored with the error, skipped).",
             ["model"], registry=r,
         )
         self.window_records = Gauge(
@@ -166,5 +173,6 @@ class Metrics:
             self.embedded_records.labels(model=model)
             self.embedding_duration.labels(model=model)
             self.windows_evaluated.labels(model=model)
+            self.window_errors.labels(model=model)
             for detector in detectors:
                 self.drift_windows.labels(model=model, detector=detector)

@@ -25,10 +25,10 @@ from typing import Any, Protocol
 
 from monitor.deadletter import DeadLetter
 from monitor.errors import RecordError, SinkError, SourceError
-from monitor.evaluate import WindowReport
 from monitor.health import Health
 from monitor.label_join import LabelJoin
 from monitor.metrics import Metrics
+from monitor.report import WindowReport
 from monitor.schema import Decoder
 from monitor.sinks import Sink
 from monitor.sources import Message, Source
@@ -124,6 +124,9 @@ class Pipeline:
         self._closing = False
         self._rewind: dict[TopicPartition, int] = {}  # set on revoke, used on assignment
         self._restore_pending = False
+        # Partitions the group gave this process (None: a source without a group, which
+        # owns everything). Metrics export only the models read from these.
+        self.assignment: set[TopicPartition] | None = None
         self._counted: dict[TopicPartition, int] = {}  # highest offset counted as consumed
         self._dead_lettered: dict[TopicPartition, int] = {}  # highest offset dead-lettered
         self._next: dict[TopicPartition, int] = {}  # next offset to read, per partition
@@ -304,6 +307,8 @@ class Pipeline:
                  "next owner", revoked)
         self._rewind = {tp: o for tp, o in self.committable().items() if tp in self._next}
         gone = set(revoked)
+        if self.assignment is not None:
+            self.assignment -= gone
         for tp in [tp for tp in self._rewind if tp not in gone]:
             # cooperative rebalancing: kept and never re-assigned, so rewind it now
             self.source.seek(tp, self._rewind.pop(tp))
@@ -316,6 +321,7 @@ class Pipeline:
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("partitions assigned: %s", assigned)
+        self.assignment = (self.assignment or set()) | set(assigned)
         for tp in assigned:
             if tp in self._rewind:
                 self.source.seek(tp, self._rewind[tp])  # local state only: no network call

@@ -159,6 +159,12 @@ class ModelSchema:
 
     features: Mapping[str, FeatureKind]
     needs_input: bool = False  # the model's inputs are embedded: "input" is required
+    # Embedded models: what "input" must hold, so a bad payload is rejected at decode time
+    # rather than failing its whole window later ("text", or an "array" of input_size
+    # values that fit input_dtype).
+    input_kind: Literal["text", "array"] | None = None
+    input_size: int | None = None
+    input_dtype: str = "float32"
     numeric_prediction: bool = False  # a regressor whose predictions are tested for drift
 
 

@@ -314,6 +314,14 @@ class StorageSettings(_Strict):
 
 class LimitsSettings(_Strict):
     max_record_bytes: int = Field(default=1 << 20, gt=0)
+    # Event time is checked against the wall clock (future) and the broker's timestamp, or
+    # the wall clock without one (past): one record dated 9999 would otherwise close every
+    # time window at once and move the label watermark past every stored prediction.
+    max_future_seconds: float = Field(
+        default=3600, ge=0, description="Reject records dated more than this ahead of now.")
+    max_past_seconds: float | None = Field(
+        default=None, gt=0, description="Reject records dated more than this before their "
+        "broker timestamp (or now); default: no bound, since backfills are legitimate.")
 
 
 class Settings(_Strict):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from monitor.evaluate import WindowReport
 from monitor.metrics import Metrics
+from monitor.report import WindowReport
 
 
 class Sink(Protocol):

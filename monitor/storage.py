@@ -34,7 +34,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from monitor.errors import ConfigError, SinkError
-from monitor.evaluate import WindowReport
+from monitor.report import WindowReport
 
 
 class Base(DeclarativeBase):

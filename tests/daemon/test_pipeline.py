@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from monitor.app import build_daemon
 from monitor.deadletter import MemoryDeadLetter
 from monitor.errors import SinkError
-from monitor.evaluate import WindowReport
+from monitor.report import WindowReport
 from monitor.metrics import Metrics
 from monitor.sources import MemorySource
 from monitor.synthetic import SyntheticStream

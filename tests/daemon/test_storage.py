@@ -21,7 +21,7 @@ from sqlalchemy import func, select, text
 from detectors import DriftResult, FeatureResult
 from detectors.streaming import DDM
 from monitor.errors import SinkError
-from monitor.evaluate import WindowReport
+from monitor.report import WindowReport
 from monitor.storage import OffsetRow, ResultRow, SqlStore, WindowRow
 
 NAN = float("nan")
