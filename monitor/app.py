@@ -17,7 +17,7 @@ from monitor.label_join import LabelJoin
 from monitor.metrics import Metrics
 from monitor.pipeline import Pipeline, StoredState
 from monitor.report import WindowReport
-from monitor.schema import Decoder
+from monitor.schema import Decoder, TimeBounds
 from monitor.settings import Settings
 from monitor.sinks import PrometheusSink, Sink
 from monitor.sources import Source
@@ -76,14 +76,14 @@ def build_daemon(
         for stream in ("features", "labels"):
             offsets.update({(stream, *k): v for k, v in store.stored_offsets(stream).items()})
             last.update({(stream, m): i for m, i in store.last_window_index(stream).items()})
-        return StoredState(offsets, last, store.detector_states())
+        return StoredState(offsets, last, store.detector_states(), store.dead_letter_marks())
 
     built = build_models(settings, metrics)
     models, schemas = built.models, built.schemas
 
-    # Only now touch the database: bad references fail first and leave no file behind.
+    # The database is first touched by the running loop (schema migration, then stored
+    # state), retried while it is down: a daemon started during an outage waits for it.
     store = SqlStore(settings.storage.url)
-    store.create_schema()
 
     if source is None or dead_letter is None:
         from monitor.kafka_io import KafkaDeadLetter, KafkaSource
@@ -96,9 +96,11 @@ def build_daemon(
                    for name, state in models.items()),
                   sinks=[*(s.name for s in sinks), "dead_letter"])
     pipeline = Pipeline(
-        source=source, decoder=Decoder(schemas, settings.limits.max_record_bytes),
+        source=source, decoder=Decoder(
+            schemas, settings.limits.max_record_bytes,
+            TimeBounds(settings.limits.max_future_seconds, settings.limits.max_past_seconds)),
         models=models, sinks=sinks, dead_letter=dead_letter, metrics=metrics,
-        restore=restore, on_report=on_report,
+        restore=restore, prepare=store.migrate, marks_store=store, on_report=on_report,
         labels_topic=settings.source.kafka.labels_topic,
         join=LabelJoin(store, {m.name: m.labels for m in settings.models if m.labels})
         if any(m.labels for m in settings.models) else None,

@@ -99,7 +99,9 @@ class KafkaSource:
         for tp, records in batches.items():
             for r in records:
                 out.append(Message(tp.topic, tp.partition, r.offset, r.value, r.key,
-                                   tuple((k, v or b"") for k, v in (r.headers or ()))))
+                                   tuple((k, v or b"") for k, v in (r.headers or ())),
+                                   r.timestamp / 1000 if r.timestamp and r.timestamp > 0
+                                   else None))
         return out
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:

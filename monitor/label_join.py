@@ -3,7 +3,8 @@
 Predictions of models with ``labels`` configured are written to the predictions table
 with the next flush (before their offsets are committed), so a join never depends on
 process memory: a label that arrives a day later, after restarts, still finds its
-prediction. Labels are matched by request id, in one lookup per batch:
+prediction. Labels are matched by request id (to every model that scored the request, or
+the one the label's optional ``model`` field names), in one lookup per batch:
 
 * matched within ``horizon_seconds`` of the prediction: ``joined``, into the model's label
   windows (count windows of joined records, tested by :class:`monitor.labels.LabelEvaluator`);
@@ -22,12 +23,14 @@ import logging
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from monitor.errors import RecordError
 from monitor.schema import LabelRecord, Scalar
 from monitor.settings import LabelSettings
+from monitor.sources import Message
 from monitor.windows import TopicPartition
 
 log = logging.getLogger("driftline.labels")
@@ -47,7 +50,8 @@ class PredictionStore(Protocol):
 
     def flush_predictions(self) -> None: ...
 
-    def lookup_predictions(self, keys: list[str]) -> dict[str, tuple[str, Any, float]]: ...
+    def lookup_predictions(self, request_ids: list[str]
+                           ) -> dict[str, list[tuple[str, Any, float]]]: ...
 
     def prune_predictions(self, before: float) -> int: ...
 
@@ -57,92 +61,130 @@ def as_target(value: Scalar, task: str) -> float | str:
     if task == "regression":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"regression targets must be numbers, got {value!r}")
-        return float(value)
+        try:
+            out = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ValueError("regression target is too large for a number") from None
+        if not math.isfinite(out):
+            raise ValueError(f"regression target {out} is not finite")
+        return out
     return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
-class LabelJoin:
-    """Joins label records to stored predictions; see the module docstring."""
+WaitKey = tuple[str, str | None]  # (request id, the label's model restriction)
 
-    def __init__(self, store: PredictionStore, settings: Mapping[str, LabelSettings]) -> None:
+
+class LabelJoin:
+    """Joins label records to stored predictions; see the module docstring.
+
+    A label is the ground truth of a request, not of one model: it joins to the prediction
+    of every model (with labels configured) that scored the request, or only to the model
+    its optional ``model`` field names. It resolves once any such prediction is stored or
+    in the same batch; a model whose prediction arrives after its label was joined does not
+    get that label.
+    """
+
+    def __init__(self, store: PredictionStore, settings: Mapping[str, LabelSettings],
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.settings = dict(settings)
         self.horizon = max((s.horizon_seconds for s in settings.values()), default=0.0)
         self.max_waiting = sum(s.max_waiting for s in settings.values())
-        self._unflushed: dict[str, tuple[str, Any, float]] = {}
-        self._waiting: OrderedDict[str, tuple[LabelRecord, TopicPartition, int]] = OrderedDict()
+        self._unflushed: dict[tuple[str, str], tuple[Any, float]] = {}  # (model, rid)
+        self._waiting: OrderedDict[WaitKey, tuple[LabelRecord, Message]] = OrderedDict()
         self._watermark = -math.inf
         self.outcomes: Counter[str] = Counter()
         self._last_prune = 0.0
+        self._clock = clock
 
     def add_prediction(self, model: str, request_id: str, prediction: Scalar,
                        timestamp: float) -> None:
-        self._unflushed[request_id] = (model, prediction, timestamp)
+        self._unflushed[(model, request_id)] = (prediction, timestamp)
         self._watermark = max(self._watermark, timestamp)
 
-    def add_label(self, label: LabelRecord, tp: TopicPartition, offset: int) -> None:
-        self._waiting[label.request_id] = (label, tp, offset)
+    def add_label(self, label: LabelRecord, msg: Message) -> None:
+        self._waiting[(label.request_id, label.model)] = (label, msg)
         self._watermark = max(self._watermark, label.timestamp)
 
-    def resolve(self) -> list[tuple[Joined, TopicPartition, int]]:
-        """Match waiting labels; returns the joined ones with their label's coordinates."""
+    def _candidates(self) -> dict[str, dict[str, tuple[Any, float]]]:
+        """request id -> model -> (prediction, time), for every waiting label's request."""
+        rids = {rid for rid, _model in self._waiting}
+        found: dict[str, dict[str, tuple[Any, float]]] = {}
+        for rid, rows in self.store.lookup_predictions(sorted(rids)).items():
+            for model, prediction, ts in rows:
+                found.setdefault(rid, {})[model] = (prediction, ts)
+        for (model, rid), value in self._unflushed.items():
+            if rid in rids:
+                found.setdefault(rid, {})[model] = value
+        return found
+
+    def resolve(self) -> tuple[list[tuple[Joined, Message]], list[tuple[Message, RecordError]]]:
+        """Match waiting labels: the joined pairs, and labels no model can use (rejects)."""
         if not self._waiting:
-            return []
-        missing = [rid for rid in self._waiting if rid not in self._unflushed]
-        found = dict(self.store.lookup_predictions(missing)) if missing else {}
-        found.update({rid: self._unflushed[rid] for rid in self._waiting
-                      if rid in self._unflushed})
-        joined: list[tuple[Joined, TopicPartition, int]] = []
-        for rid in list(self._waiting):
-            if rid not in found:
+            return [], []
+        found = self._candidates()
+        joined: list[tuple[Joined, Message]] = []
+        rejected: list[tuple[Message, RecordError]] = []
+        for key in list(self._waiting):
+            rid, only = key
+            predictions = {m: v for m, v in found.get(rid, {}).items()
+                           if m in self.settings and (only is None or m == only)}
+            if not predictions:
                 continue
-            label, tp, offset = self._waiting.pop(rid)
-            model, prediction, ts = found[rid]
-            cfg = self.settings.get(model)
-            if cfg is None:
-                continue  # a model whose labels are no longer configured
-            if label.timestamp - ts > cfg.horizon_seconds:
-                self.outcomes["late"] += 1
-                continue
-            try:
-                pair = Joined(model, rid, as_target(label.label, cfg.task),
-                              as_target(prediction, cfg.task), label.timestamp)
-            except ValueError as exc:
-                self.outcomes["invalid"] += 1
-                log.warning("label at %s/%d/%d not usable: %s", *tp, offset, exc)
-                continue
-            joined.append((pair, tp, offset))
+            label, msg = self._waiting.pop(key)
+            problems = []
+            for model in sorted(predictions):
+                prediction, ts = predictions[model]
+                cfg = self.settings[model]
+                if label.timestamp - ts > cfg.horizon_seconds:
+                    self.outcomes["late"] += 1
+                    continue
+                try:
+                    pair = Joined(model, rid, as_target(label.label, cfg.task),
+                                  as_target(prediction, cfg.task), label.timestamp)
+                except ValueError as exc:
+                    self.outcomes["invalid"] += 1
+                    problems.append(f"model '{model}': {exc}")
+                    continue
+                joined.append((pair, msg))
+            if problems:
+                rejected.append((msg, RecordError("schema", "label not usable for "
+                                                  + "; ".join(problems))))
         self._expire()
-        return joined
+        return joined, rejected
 
     def _expire(self) -> None:
         # Labels wait for their prediction at most the horizon (in event time) and only
         # up to max_waiting of them: then they are orphans, counted, not kept.
         cutoff = self._watermark - self.horizon
         while self._waiting:
-            rid, (label, _tp, _off) = next(iter(self._waiting.items()))
+            key, (label, _msg) = next(iter(self._waiting.items()))
             if label.timestamp >= cutoff and len(self._waiting) <= self.max_waiting:
                 break
-            del self._waiting[rid]
+            del self._waiting[key]
             self.outcomes["orphan"] += 1
 
     def flush(self) -> None:
         """Store this batch's predictions; raises SinkError (the pipeline retries)."""
         if self._unflushed:
             self.store.write_predictions(
-                [(m, rid, p, ts) for rid, (m, p, ts) in self._unflushed.items()])
+                [(m, rid, p, ts) for (m, rid), (p, ts) in self._unflushed.items()])
             self.store.flush_predictions()
             self._unflushed.clear()
         now = time.monotonic()
         if math.isfinite(self._watermark) and now - self._last_prune > 60:
-            self.store.prune_predictions(self._watermark - 2 * self.horizon)
+            # Event time is bounded at decode time; the wall clock bounds the prune too, so
+            # no record, however dated, can make it delete predictions still in use.
+            before = min(self._watermark, self._clock()) - 2 * self.horizon
+            self.store.prune_predictions(before)
             self._last_prune = now
 
     def held_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the earliest waiting label: commits must stay below it."""
         out: dict[TopicPartition, int] = {}
-        for _label, tp, offset in self._waiting.values():
-            out[tp] = min(out.get(tp, offset), offset)
+        for _label, msg in self._waiting.values():
+            tp = (msg.topic, msg.partition)
+            out[tp] = min(out.get(tp, msg.offset), msg.offset)
         return out
 
     @property

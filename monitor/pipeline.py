@@ -1,13 +1,20 @@
-"""source -> decode -> per-model windows -> detectors -> sinks -> commit.
+"""The processing loop: source -> decode -> per-model windows -> evaluation -> delivery -> commit.
 
-Delivery is at-least-once with idempotent results:
+Delivery is at-least-once input with exactly-once results. The loop wires four parts, each in
+its own module:
 
-* a record that fails decoding goes to the dead-letter sink (one policy hook, below);
-* a closed window's report is written to every sink in order (SQL first, so metrics never
-  show a window that is not stored), and a failed flush is retried with back-off;
-* offsets are committed only after the sinks and the dead-letter sink have flushed, and only
-  up to the earliest record still held in an open window;
-* on restart, records at or below the offsets already stored for their model are skipped.
+* :mod:`monitor.checkpoint` - per-partition offsets: replay marks, dead-letter marks, commits;
+* :mod:`monitor.window_eval` - testing closed windows in a worker, keep-alive, and isolating a
+  window whose evaluation fails;
+* :mod:`monitor.delivery` - the ordered, retried flush of dead letters, predictions and window
+  reports that must succeed before a commit;
+* :mod:`monitor.label_join` - delayed labels joined to stored predictions.
+
+A record that fails decoding goes to the dead-letter sink (one policy hook,
+:meth:`Pipeline.on_record_error`). Offsets are committed only after the delivery succeeded,
+and only up to the earliest record still held in an open window. Storage is read (schema
+migration, replay marks) with the same retries as a flush, so a database outage at start-up
+or during a rebalance waits for the database instead of stopping the daemon.
 """
 
 from __future__ import annotations
@@ -17,14 +24,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
+from monitor.checkpoint import Checkpoint
 from monitor.deadletter import DeadLetter
-from monitor.errors import RecordError, SinkError, SourceError
+from monitor.delivery import Delivery, RetryPolicy
+from monitor.errors import RecordError, SourceError
 from monitor.health import Health
 from monitor.label_join import LabelJoin
 from monitor.metrics import Metrics
@@ -32,21 +39,15 @@ from monitor.report import WindowReport
 from monitor.schema import Decoder
 from monitor.sinks import Sink
 from monitor.sources import Message, Source
+from monitor.window_eval import Evaluator, Job, WindowEvaluation
 from monitor.windows import ClosedWindow, CountWindows, TimeWindows, TopicPartition
 
 log = logging.getLogger("driftline.pipeline")
 
+__all__ = ["Evaluator", "ModelState", "Pipeline", "RetryPolicy", "StoredState", "StreamState",
+           "Windows"]
 
 Windows = CountWindows | TimeWindows
-
-
-class Evaluator(Protocol):
-    @property
-    def detector_names(self) -> list[str]: ...
-
-    def evaluate(self, window: ClosedWindow) -> WindowReport: ...
-
-    def load_state(self, saved: Mapping[str, str]) -> None: ...
 
 
 @dataclass
@@ -78,12 +79,14 @@ class StoredState:
     last_window: Mapping[tuple[str, str], int]  # (stream, model)
     # (stream, model) -> {detector: JSON}: streaming detectors after the last stored window
     detector_state: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
+    # (topic, partition) -> highest offset already on the dead-letter topic
+    dead_letter_marks: Mapping[TopicPartition, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    initial_s: float = 0.5
-    max_s: float = 30.0
+class DeadLetterMarks(Protocol):
+    """Where dead-letter marks are stored (the SQL store), in the reports' transaction."""
+
+    def write_dead_letter_marks(self, marks: Mapping[TopicPartition, int]) -> None: ...
 
 
 class Pipeline:
@@ -97,57 +100,66 @@ class Pipeline:
         dead_letter: DeadLetter,
         metrics: Metrics,
         restore: Callable[[], StoredState] | None = None,
+        prepare: Callable[[], None] | None = None,
+        marks_store: DeadLetterMarks | None = None,
         labels_topic: str | None = None,
         join: LabelJoin | None = None,
         on_report: Callable[[WindowReport], None] | None = None,
         poll_timeout_s: float = 0.5,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy | None = None,
         keepalive_s: float = 1.0,
     ) -> None:
+        """Wires the parts; does no I/O (storage is first read by :meth:`run`/:meth:`process`)."""
         self.source = source
         self.decoder = decoder
         self.models = dict(models)
-        self.sinks = list(sinks)
         self.dead_letter = dead_letter
         self.metrics = metrics
         self._restore = restore
-        self._stored: dict[tuple[str, str, str, int], int] = {}
+        self._prepare = prepare
+        self._marks_store = marks_store
         self.labels_topic = labels_topic
         self.join = join
-        self.on_report = on_report
         self.poll_timeout_s = poll_timeout_s
-        self.retry = retry
-        self.keepalive_s = keepalive_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftline-eval")
-        self._inflight: list[ClosedWindow] = []
-        self._held: list[Message] = []
+        self.health = Health(source_probe=lambda: source.connected)
+        self.checkpoint = Checkpoint()
+        self.evaluation = WindowEvaluation(source, self.health, metrics, keepalive_s)
+        self.delivery = Delivery(sinks, self.health, metrics, retry or RetryPolicy())
+        self.delivery.add_step("dead_letter", dead_letter.flush)
+        if join is not None:  # predictions awaiting labels: stored before their commit
+            self.delivery.add_step("predictions", join.flush)
+        self._marks_pending: dict[TopicPartition, int] = {}
+        if marks_store is not None:
+            self.delivery.before_sinks(self._buffer_dead_letter_marks)
+            self.delivery.after_sinks(self._dead_letter_marks_stored)
+        if on_report is not None:
+            self.delivery.on_delivered.append(on_report)
+        self.delivery.on_delivered.append(self.checkpoint.mark_stored)
         self._closing = False
         self._rewind: dict[TopicPartition, int] = {}  # set on revoke, used on assignment
-        self._restore_pending = False
+        self._prepared = prepare is None
+        self._restore_pending = restore is not None
         # Partitions the group gave this process (None: a source without a group, which
         # owns everything). Metrics export only the models read from these.
         self.assignment: set[TopicPartition] | None = None
-        self._counted: dict[TopicPartition, int] = {}  # highest offset counted as consumed
-        self._dead_lettered: dict[TopicPartition, int] = {}  # highest offset dead-lettered
-        self._next: dict[TopicPartition, int] = {}  # next offset to read, per partition
-        self._committed: dict[TopicPartition, int] = {}
-        self._first: dict[TopicPartition, int] = {}  # first offset read this session
-        self._pending: list[WindowReport] = []
-        self._sink_i = 0  # sinks before this index already hold every pending report
         self.rejected: Counter[str] = Counter()
         self.skipped_replayed = 0
         self._stop = threading.Event()  # the running loop's stop event
         self._was_connected = True
-        self.health = Health(source_probe=lambda: source.connected)
         # Read at scrape time: an outage shows on /metrics even while the loop is blocked.
         metrics.source_connected.set_function(lambda: 1.0 if source.connected else 0.0)
         source.on_rebalance(self._on_revoked, self._on_assigned)
-        self.restore_state()
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return self.delivery.sinks
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event, *, until_exhausted: bool = False) -> None:
         """Poll and process until ``stop`` is set (or a finite source runs dry)."""
         self._stop = stop
+        if not self._ready(stop):
+            return
         while not stop.is_set():
             with self._timed("poll"):
                 batch = self.source.poll(self.poll_timeout_s)
@@ -159,56 +171,43 @@ class Pipeline:
             if until_exhausted and not batch and self.source.exhausted:
                 break
 
-    def process(self, batch: Sequence[Message]) -> None:
-        if self._restore_pending:  # after a rebalance: drop open windows, reload storage
+    def _ready(self, stop: threading.Event) -> bool:
+        """Schema migrated and stored state loaded, retried while storage is down."""
+        if not self._prepared:
+            assert self._prepare is not None
+            if not self.delivery.retrying(self._prepare, stop, "sql"):
+                return False
+            self._prepared = True
+        if self._restore_pending:
+            if not self.delivery.retrying(self.restore_state, stop, "sql"):
+                return False
             self._restore_pending = False
-            self.restore_state()
-        if self._held:  # records a keep-alive poll returned: they come first
-            batch, self._held = [*self._held, *batch], []
-        closed: list[tuple[str, ClosedWindow]] = []
+        return True
+
+    def process(self, batch: Sequence[Message]) -> None:
+        if not self._ready(self._stop):  # first call, or after a rebalance
+            self.evaluation.held.extend(batch)  # stopping: committed offsets stay below
+            return
+        held = self.evaluation.take_held()
+        if held:  # records a keep-alive poll returned: they come first
+            batch = [*held, *batch]
+        closed: list[Job] = []
         with self._timed("decode"):
             for msg in batch:
                 tp = (msg.topic, msg.partition)
-                self._first.setdefault(tp, msg.offset)
-                self._next[tp] = max(self._next.get(tp, 0), msg.offset + 1)
+                self.checkpoint.read(tp, msg.offset)
                 if msg.topic == self.labels_topic:
-                    self._handle_label(msg, tp)
+                    self._handle_label(msg)
                 else:
-                    closed.extend(("features", w) for w in self._handle(msg, tp))
+                    closed.extend(self._jobs("features", self._handle(msg, tp)))
             if self.join is not None:
-                closed.extend(("labels", w) for w in self._join_labels())
+                closed.extend(self._jobs("labels", self._join_labels()))
         if closed:
             with self._timed("detect"):
-                self._pending.extend(self._evaluate(closed))
+                self.delivery.add(self.evaluation.evaluate(closed))
 
-    def _evaluate(self, closed: list[tuple[str, ClosedWindow]]) -> list[WindowReport]:
-        """Test closed windows in a worker thread; if that takes long, keep the group alive.
-
-        A consumer that does not poll within max.poll.interval.ms is thrown out of its
-        group. So while a slow evaluation (big MMD tests, GPU work) runs, every partition is
-        paused and the loop keeps polling, which returns no records. The windows count as
-        open for commits until their reports are stored.
-        """
-        self._inflight = [w for _stream, w in closed]
-        future = self._executor.submit(
-            lambda: [self._stream(w.model, stream).evaluator.evaluate(w)
-                     for stream, w in closed])
-        paused = False
-        try:
-            while True:
-                try:
-                    return future.result(timeout=self.keepalive_s)
-                except FutureTimeout:
-                    if not paused:
-                        log.info("window evaluation is slow: pausing partitions meanwhile")
-                        self.source.pause()
-                        paused = True
-                    self._held.extend(self.source.poll(0))  # paused: normally nothing
-                    self.health.beat()
-        finally:
-            if paused:
-                self.source.resume()
-            self._inflight = []
+    def _jobs(self, stream: str, windows: list[ClosedWindow]) -> list[Job]:
+        return [(stream, w, self._stream(w.model, stream).evaluator) for w in windows]
 
     def _stream(self, model: str, stream: str) -> StreamState:
         state = self.models[model]
@@ -218,43 +217,46 @@ class Pipeline:
 
     def _handle(self, msg: Message, tp: TopicPartition) -> list[ClosedWindow]:
         try:
-            record = self.decoder.decode(msg.value)
+            record = self.decoder.decode(msg.value, msg.timestamp)
             state = self.models[record.model]
             if state.labels is not None and self.join is not None:
                 self.join.add_prediction(record.model, record.request_id, record.prediction,
                                          record.timestamp)
-            if msg.offset <= self._stored.get(("features", record.model, *tp), -1):
+            if self.checkpoint.is_stored("features", record.model, tp, msg.offset):
                 self.skipped_replayed += 1  # already inside a stored window: replay after crash
                 return []
             closed = state.features.windows.add(record, tp, msg.offset)
         except RecordError as err:
             self.on_record_error(msg, err)
             return []
-        if msg.offset > self._counted.get(tp, -1):  # records re-read after a rewind count once
-            self._counted[tp] = msg.offset
+        if self.checkpoint.count_once(tp, msg.offset):  # re-read after a rewind: count once
             self.metrics.records_consumed.labels(model=record.model).inc()
         return closed
 
-    def _handle_label(self, msg: Message, tp: TopicPartition) -> None:
+    def _handle_label(self, msg: Message) -> None:
         try:
-            label = self.decoder.decode_label(msg.value)
+            label = self.decoder.decode_label(msg.value, msg.timestamp)
         except RecordError as err:
             self.on_record_error(msg, err)
             return
         if self.join is None:
             return
-        self.join.add_label(label, tp, msg.offset)
+        self.join.add_label(label, msg)
 
     def _join_labels(self) -> list[ClosedWindow]:
         assert self.join is not None
         before = Counter(self.join.outcomes)
         closed: list[ClosedWindow] = []
-        for pair, tp, offset in self.join.resolve():
-            if offset <= self._stored.get(("labels", pair.model, *tp), -1):
+        joined, rejected = self.join.resolve()
+        for msg, err in rejected:
+            self.on_record_error(msg, err)
+        for pair, msg in joined:
+            tp = (msg.topic, msg.partition)
+            if self.checkpoint.is_stored("labels", pair.model, tp, msg.offset):
                 self.join.outcomes["replayed"] += 1  # already in a stored label window
                 continue
             self.join.outcomes["joined"] += 1
-            closed.extend(self._stream(pair.model, "labels").windows.add(pair, tp, offset))
+            closed.extend(self._stream(pair.model, "labels").windows.add(pair, tp, msg.offset))
         for outcome, n in (self.join.outcomes - before).items():
             self.metrics.labels.labels(outcome=outcome).inc(n)
         self.metrics.labels_waiting.set(self.join.waiting)
@@ -262,10 +264,8 @@ class Pipeline:
 
     def on_record_error(self, msg: Message, err: RecordError) -> None:
         """The one policy for bad records: count, log with coordinates, dead-letter."""
-        tp = (msg.topic, msg.partition)
-        if msg.offset <= self._dead_lettered.get(tp, -1):
-            return  # re-read after a rewind: already on the dead-letter topic (flushed)
-        self._dead_lettered[tp] = msg.offset
+        if not self.checkpoint.dead_letter_once((msg.topic, msg.partition), msg.offset):
+            return  # re-read after a rewind or restart: already on the dead-letter topic
         self.rejected[err.reason] += 1
         self.metrics.records_rejected.labels(reason=err.reason).inc()
         n = self.rejected[err.reason]
@@ -305,19 +305,18 @@ class Pipeline:
         self.metrics.rebalances.inc()
         log.info("partitions revoked: %s; open windows dropped, to be rebuilt by their "
                  "next owner", revoked)
-        self._rewind = {tp: o for tp, o in self.committable().items() if tp in self._next}
+        self._rewind = {tp: o for tp, o in self.committable().items()
+                        if self.checkpoint.reading(tp)}
         gone = set(revoked)
         if self.assignment is not None:
             self.assignment -= gone
         for tp in [tp for tp in self._rewind if tp not in gone]:
             # cooperative rebalancing: kept and never re-assigned, so rewind it now
             self.source.seek(tp, self._rewind.pop(tp))
-        self._next.clear()
-        self._first.clear()
-        self._committed.clear()
+        self.checkpoint.forget_session()
         # Reloading stored state reads SQL: not on kafka-python's network thread (it would
-        # stall heartbeats), so process() does it before it touches the windows again.
-        self._restore_pending = True
+        # stall heartbeats), so process() does it, with retries, before it touches windows.
+        self._restore_pending = self._restore is not None
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("partitions assigned: %s", assigned)
@@ -326,14 +325,17 @@ class Pipeline:
             if tp in self._rewind:
                 self.source.seek(tp, self._rewind[tp])  # local state only: no network call
         self._rewind = {}
-        self._restore_pending = True  # the previous owner may have stored windows meanwhile
+        # the previous owner may have stored windows meanwhile
+        self._restore_pending = self._restore is not None
 
     def restore_state(self) -> None:
-        """Reload replay marks and restart every model's windows after the stored ones."""
+        """Reload replay marks and restart every model's windows after the stored ones.
+
+        Raises SinkError while storage is unreachable (callers retry)."""
         if self._restore is None:
             return
         state = self._restore()
-        self._stored = dict(state.offsets)
+        self.checkpoint.restore(state.offsets, state.dead_letter_marks)
         for name, model in self.models.items():
             for stream, s in model.streams():
                 s.windows = s.new_windows(state.last_window.get((stream, name)))
@@ -342,30 +344,28 @@ class Pipeline:
 
     # -- flush, then commit --------------------------------------------------------------
     def flush_and_commit(self, stop: threading.Event) -> bool:
-        """Dead letters, then window reports, then the commit. False if stopped first.
-
-        Dead letters go first: once a window is stored, replay skips its records, so a
-        late record in it must already be on the dead-letter topic by then.
-        """
-        if not self._retrying(self.dead_letter.flush, stop, sink_name="dead_letter"):
-            return False
-        # Predictions awaiting labels must be stored before their offsets are committed.
-        if self.join is not None and not self._retrying(self.join.flush, stop,
-                                                        sink_name="predictions"):
-            return False
-        if not self._retrying(self._deliver, stop):
+        """Deliver (dead letters, predictions, reports), then commit. False if stopped first."""
+        if not self.delivery.deliver(stop):
             return False
         self.commit()
         return True
 
+    def _buffer_dead_letter_marks(self) -> bool:
+        # Runs after the dead-letter flush succeeded: every mark's record is on the topic.
+        assert self._marks_store is not None
+        self._marks_pending = self.checkpoint.dead_letter_marks_to_store()
+        if self._marks_pending:
+            self._marks_store.write_dead_letter_marks(self._marks_pending)
+        return bool(self._marks_pending)
+
+    def _dead_letter_marks_stored(self) -> None:
+        self.checkpoint.dead_letter_marks_stored(self._marks_pending)
+        self._marks_pending = {}
+
     def commit(self) -> None:
         if not self.source.connected:
             return  # would only time out; the next batch after the outage commits
-        offsets = self.committable()
-        # Committing the first offset we read would only repeat what the group already has.
-        changed = {tp: o for tp, o in offsets.items()
-                   if tp in self._next  # never commit for a partition we no longer read
-                   and self._committed.get(tp, self._first.get(tp)) != o}
+        changed = self.checkpoint.to_commit(self.committable())
         if not changed:
             return
         try:
@@ -377,70 +377,31 @@ class Pipeline:
             self.metrics.commit_errors.inc()
             log.warning("offset commit failed, retrying with the next batch: %s", exc)
             return
-        self._committed.update(changed)
+        self.checkpoint.committed(changed)
         self.metrics.last_commit.set(time.time())
-
-    def _deliver(self) -> None:
-        while self._pending and self._sink_i < len(self.sinks):
-            sink = self.sinks[self._sink_i]
-            with self._timed("sink"):
-                for report in self._pending:
-                    sink.write(report)
-                sink.flush()
-            self._sink_i += 1
-        if self._pending and self.on_report is not None:
-            for report in self._pending:
-                self.on_report(report)
-        for report in self._pending:  # these are durable: replays may skip them now
-            for (topic, partition), (_lo, hi) in report.offsets.items():
-                key = (report.stream, report.model, topic, partition)
-                self._stored[key] = max(self._stored.get(key, -1), hi)
-        self._pending.clear()
-        self._sink_i = 0
-
-    def _retrying(self, fn: Callable[[], None], stop: threading.Event,
-                  sink_name: str | None = None) -> bool:
-        delay = self.retry.initial_s
-        while True:
-            try:
-                fn()
-                self.health.storage_ok, self.health.storage_error = True, ""
-                return True
-            except SinkError as exc:
-                name = sink_name or self.sinks[self._sink_i].name
-                self.metrics.sink_errors.labels(sink=name).inc()
-                self.health.storage_ok, self.health.storage_error = False, f"{name}: {exc}"
-                log.warning("sink %s failed, retrying in %.1fs without committing: %s",
-                            name, delay, exc)
-            self.health.beat()  # retrying is progress: the loop is alive, just not ready
-            if stop.wait(delay):
-                return False
-            delay = min(delay * 2, self.retry.max_s)
 
     def committable(self) -> dict[TopicPartition, int]:
         """Per partition: the earliest offset still held by an open window, else the next."""
-        out = dict(self._next)
-        held: list[Any] = [w for m in self.models.values() for _name, s in m.streams()
-                           for w in s.windows.open_windows()]
-        for w in [*held, *self._inflight]:
-            for tp, (lo, _hi) in w.offsets.items():
-                out[tp] = min(out.get(tp, lo), lo)
+        return self.checkpoint.committable(self._held_offsets())
+
+    def _held_offsets(self) -> Iterator[tuple[TopicPartition, int]]:
+        for m in self.models.values():
+            for _name, s in m.streams():
+                for w in s.windows.open_windows():
+                    for tp, (lo, _hi) in w.offsets.items():
+                        yield tp, lo
+        yield from self.evaluation.held_offsets()
         if self.join is not None:  # labels still waiting for their prediction
-            for tp, lo in self.join.held_offsets().items():
-                out[tp] = min(out.get(tp, lo), lo)
-        for msg in self._held:
-            tp = (msg.topic, msg.partition)
-            out[tp] = min(out.get(tp, msg.offset), msg.offset)
-        return out
+            yield from self.join.held_offsets().items()
 
     @property
     def pending_reports(self) -> int:
-        return len(self._pending)
+        return self.delivery.pending
 
     def close(self) -> None:
         """Call before closing the source: everything complete is already committed."""
         self._closing = True
-        self._executor.shutdown(wait=True)
+        self.evaluation.close()
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
+
+import numpy as np
 
 from monitor.errors import RecordError
 
@@ -54,6 +57,7 @@ class LabelRecord:
     request_id: str
     label: Scalar
     timestamp: float
+    model: str | None = None  # restricts the label to this model's prediction
 
 
 def _reject_constant(name: str) -> float:
@@ -140,7 +144,10 @@ def _timestamp(v: Any) -> float:
 
 
 def _scalar(v: Any, where: str) -> Scalar:
-    if isinstance(v, bool | str | int):
+    if isinstance(v, int) and not isinstance(v, bool):
+        _finite(v, where)  # a class id must still be a number every consumer can hold
+        return v
+    if isinstance(v, bool | str):
         return v
     if isinstance(v, float):
         return _finite(v, where)
@@ -168,16 +175,56 @@ class ModelSchema:
     numeric_prediction: bool = False  # a regressor whose predictions are tested for drift
 
 
+def _array_bound(dtype: str) -> tuple[float, float, bool]:
+    """(lowest, highest, integral) values an array model's input dtype holds."""
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        fi = np.finfo(dt)
+        return float(fi.min), float(fi.max), False
+    ii = np.iinfo(dt)
+    return float(ii.min), float(ii.max), True
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBounds:
+    """How far event time may lie from now (future) or the broker's timestamp (past)."""
+
+    max_future_seconds: float | None = 3600.0
+    max_past_seconds: float | None = None
+    clock: Callable[[], float] = time.time
+
+    def check(self, ts: float, broker_ts: float | None) -> None:
+        if self.max_future_seconds is not None:
+            limit = self.clock() + self.max_future_seconds
+            if ts > limit:
+                raise RecordError("future_timestamp", f"field 'timestamp' {ts:.0f} is more than "
+                                  f"{self.max_future_seconds:g} s ahead of now "
+                                  "(limits.max_future_seconds)")
+        if self.max_past_seconds is not None:
+            ref = broker_ts if broker_ts is not None else self.clock()
+            if ts < ref - self.max_past_seconds:
+                raise RecordError("past_timestamp", f"field 'timestamp' {ts:.0f} is more than "
+                                  f"{self.max_past_seconds:g} s before "
+                                  f"{'its broker timestamp' if broker_ts is not None else 'now'}"
+                                  " (limits.max_past_seconds)")
+
+
 class Decoder:
     """Validates raw bytes into records for the configured models."""
 
-    def __init__(self, models: Mapping[str, ModelSchema], max_bytes: int = 1 << 20) -> None:
+    def __init__(self, models: Mapping[str, ModelSchema], max_bytes: int = 1 << 20,
+                 time_bounds: TimeBounds | None = None) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self._models = dict(models)
         self._max_bytes = max_bytes
+        # Without bounds (library use, unit tests) event time is only checked to be finite.
+        self._time = time_bounds or TimeBounds(max_future_seconds=None)
+        self._array_bounds = {name: _array_bound(m.input_dtype)
+                              for name, m in self._models.items() if m.input_kind == "array"}
 
-    def decode(self, value: bytes | None) -> InferenceRecord:
+    def decode(self, value: bytes | None, broker_timestamp: float | None = None
+               ) -> InferenceRecord:
         doc = parse_json_object(value, self._max_bytes)
         model = _string(doc, "model")
         assert model is not None
@@ -211,27 +258,62 @@ class Decoder:
         if schema.needs_input and doc.get("input") is None:
             raise RecordError("schema", f"missing field 'input' (model '{model}' embeds its "
                               "inputs)")
+        raw_input = _raw_input(doc.get("input"))
+        if raw_input is not None and schema.input_kind is not None:
+            self._check_input(model, schema, raw_input)
+        timestamp = _timestamp(doc.get("timestamp"))
+        self._time.check(timestamp, broker_timestamp)
         return InferenceRecord(
             model=model,
             model_version=_string(doc, "model_version", required=False) or "",
             request_id=_string(doc, "request_id") or "",
-            timestamp=_timestamp(doc.get("timestamp")),
+            timestamp=timestamp,
             features=features,
             prediction=_scalar(doc["prediction"], "field 'prediction'"),
             probabilities=None if probabilities is None
             else _vector(probabilities, "field 'probabilities'"),
-            raw_input=_raw_input(doc.get("input")),
+            raw_input=raw_input,
             embedding=None if embedding is None else _vector(embedding, "field 'embedding'"),
         )
 
-    def decode_label(self, value: bytes | None) -> LabelRecord:
+    def _check_input(self, model: str, schema: ModelSchema,
+                     raw: str | tuple[float, ...]) -> None:
+        """The payload fits the model that embeds it (else its whole window would fail)."""
+        if schema.input_kind == "text":
+            if not isinstance(raw, str):
+                raise RecordError("schema", f"field 'input' must be {{\"text\": str}} for "
+                                  f"model '{model}' (a text model), got an array")
+            return
+        if isinstance(raw, str):
+            raise RecordError("schema", f"field 'input' must be {{\"array\": [numbers]}} for "
+                              f"model '{model}' (an array model), got text")
+        if schema.input_size is not None and len(raw) != schema.input_size:
+            raise RecordError("schema", f"field 'input.array' has {len(raw)} values, model "
+                              f"'{model}' takes {schema.input_size}")
+        lo, hi, integral = self._array_bounds[model]
+        for i, x in enumerate(raw):
+            if not lo <= x <= hi:
+                raise RecordError("non_finite", f"field 'input.array[{i}]' = {x:g} does not "
+                                  f"fit the model's input type {schema.input_dtype}")
+            if integral and not x.is_integer():
+                raise RecordError("schema", f"field 'input.array[{i}]' = {x:g} is not an "
+                                  f"integer (the model's input type is {schema.input_dtype})")
+
+    def decode_label(self, value: bytes | None, broker_timestamp: float | None = None
+                     ) -> LabelRecord:
         doc = parse_json_object(value, self._max_bytes)
         if "label" not in doc or doc["label"] is None:
             raise RecordError("schema", "missing field 'label'")
+        model = _string(doc, "model", required=False)
+        if model is not None and model not in self._models:
+            raise RecordError("unknown_model", f"model {model[:64]!r} is not configured")
+        timestamp = _timestamp(doc.get("timestamp"))
+        self._time.check(timestamp, broker_timestamp)
         return LabelRecord(
             request_id=_string(doc, "request_id") or "",
             label=_scalar(doc["label"], "field 'label'"),
-            timestamp=_timestamp(doc.get("timestamp")),
+            timestamp=timestamp,
+            model=model,
         )
 
 

@@ -19,6 +19,7 @@ class Message:
     value: bytes | None
     key: bytes | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: float | None = None  # the broker's timestamp (Unix seconds), if it has one
 
     @property
     def coordinates(self) -> str:

@@ -52,6 +52,7 @@ class WindowRow(Base):
     n_records: Mapped[int] = mapped_column(Integer)
     offsets: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"topic/partition": [min, max]}
     evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ResultRow(Base):
@@ -107,6 +108,16 @@ class DetectorStateRow(Base):
     state: Mapped[str] = mapped_column(Text)
 
 
+class DeadLetterMarkRow(Base):
+    """Per source partition, the highest offset already sent to the dead-letter topic."""
+
+    __tablename__ = "driftline_deadletter_marks"
+
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    max_offset: Mapped[int] = mapped_column(BigInteger)
+
+
 _SCHEMA_LOCK = int.from_bytes(b"driftlin", "big") >> 1  # any constant bigint
 
 
@@ -127,9 +138,10 @@ def _upsert(session: Session, row_cls: type[Base], values: dict[str, Any],
         session.merge(row_cls(**values))
         return
     update = {k: ins.excluded[k] for k in values if k not in keys}
-    if row_cls is OffsetRow:  # never move the replay mark backwards
-        update["max_offset"] = func.greatest(OffsetRow.max_offset, ins.excluded.max_offset) \
-            if dialect == "postgresql" else func.max(OffsetRow.max_offset, ins.excluded.max_offset)
+    if row_cls is OffsetRow or row_cls is DeadLetterMarkRow:  # never move a mark backwards
+        col: Any = row_cls.max_offset  # type: ignore[attr-defined]
+        update["max_offset"] = func.greatest(col, ins.excluded.max_offset) \
+            if dialect == "postgresql" else func.max(col, ins.excluded.max_offset)
     session.execute(ins.on_conflict_do_update(index_elements=keys, set_=update))
 
 
@@ -163,6 +175,10 @@ class SqlStore:
         self._sessions = sessionmaker(self.engine)
         self._pending: list[WindowReport] = []
         self._predictions: list[tuple[str, str, Any, float]] = []
+        self._marks: dict[tuple[str, int], int] = {}
+
+    def migrate(self) -> None:
+        self.create_schema()
 
     def create_schema(self) -> None:
         try:
@@ -181,13 +197,29 @@ class SqlStore:
     def write(self, report: WindowReport) -> None:
         self._pending.append(report)
 
+    def write_dead_letter_marks(self, marks: Any) -> None:
+        for tp, o in marks.items():
+            self._marks[tp] = max(self._marks.get(tp, -1), o)
+
+    def dead_letter_marks(self) -> dict[tuple[str, int], int]:
+        try:
+            with self._sessions() as s:
+                return {(r.topic, r.partition): r.max_offset
+                        for r in s.execute(select(DeadLetterMarkRow)).scalars()}
+        except SQLAlchemyError as exc:
+            raise SinkError(f"cannot read dead-letter marks: {exc}") from exc
+
     def flush(self) -> None:
-        if not self._pending:
+        if not self._pending and not self._marks:
             return
         try:
             with self._sessions.begin() as session:
                 for report in self._pending:
                     self._store(session, report)
+                for (topic, partition), o in self._marks.items():
+                    _upsert(session, DeadLetterMarkRow, {"topic": topic, "partition": partition,
+                                                         "max_offset": o}, ["topic", "partition"])
+            self._marks.clear()
         except SQLAlchemyError as exc:
             raise SinkError(f"SQL write failed: {exc.__class__.__name__}: {exc}") from exc
         finally:
@@ -202,7 +234,7 @@ class SqlStore:
             "model": r.model, "stream": r.stream, "window_index": r.window_index,
             "window_start": r.window_start, "window_end": r.window_end, "n_records": r.n_records,
             "offsets": {f"{t}/{p}": list(v) for (t, p), v in sorted(r.offsets.items())},
-            "evaluated_at": datetime.fromtimestamp(r.evaluated_at, UTC),
+            "evaluated_at": datetime.fromtimestamp(r.evaluated_at, UTC), "error": r.error,
         }, ["model", "stream", "window_index"])
         for res in r.results:
             _upsert(session, ResultRow, {
@@ -268,18 +300,19 @@ class SqlStore:
         """Buffer (model, request_id, prediction, timestamp); stored with the next flush."""
         self._predictions.extend(rows)
 
-    def lookup_predictions(self, keys: list[tuple[str, str]] | list[str]
-                           ) -> dict[str, tuple[str, Any, float]]:
-        """request_id -> (model, prediction, timestamp) for the stored ones among ``keys``."""
-        ids = sorted({k if isinstance(k, str) else k[1] for k in keys})
-        out: dict[str, tuple[str, Any, float]] = {}
+    def lookup_predictions(self, request_ids: list[str]
+                           ) -> dict[str, list[tuple[str, Any, float]]]:
+        """request_id -> every stored (model, prediction, timestamp) for it."""
+        ids = sorted(set(request_ids))
+        out: dict[str, list[tuple[str, Any, float]]] = {}
         try:
             with self._sessions() as s:
                 for i in range(0, len(ids), 1000):  # bounded IN lists
                     chunk = ids[i:i + 1000]
                     stmt = select(PredictionRow).where(PredictionRow.request_id.in_(chunk))
                     for r in s.execute(stmt).scalars():
-                        out[r.request_id] = (r.model, r.prediction, r.timestamp)
+                        out.setdefault(r.request_id, []).append(
+                            (r.model, r.prediction, r.timestamp))
         except SQLAlchemyError as exc:
             raise SinkError(f"prediction lookup failed: {exc.__class__.__name__}: {exc}") from exc
         return out

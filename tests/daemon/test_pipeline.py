@@ -8,9 +8,10 @@ from prometheus_client import CollectorRegistry
 
 from monitor.app import build_daemon
 from monitor.deadletter import MemoryDeadLetter
+from monitor.delivery import RetryPolicy
 from monitor.errors import SinkError
-from monitor.report import WindowReport
 from monitor.metrics import Metrics
+from monitor.report import WindowReport
 from monitor.sources import MemorySource
 from monitor.synthetic import SyntheticStream
 
@@ -105,7 +106,7 @@ def test_failed_flush_is_retried_and_nothing_committed_meanwhile(tmp_path: Path)
 
     source.commit = spy  # type: ignore[method-assign]
     daemon.pipeline.sinks.insert(0, flaky)
-    daemon.pipeline.retry = type(daemon.pipeline.retry)(initial_s=0.01, max_s=0.02)
+    daemon.pipeline.delivery.retry = RetryPolicy(initial_s=0.01, max_s=0.02)
     daemon.run(until_exhausted=True)
     assert commits and all(failures_left == 0 for _, failures_left in commits)
     assert daemon.metrics.registry.get_sample_value(
@@ -117,7 +118,7 @@ def test_stop_during_failing_flush_commits_nothing(tmp_path: Path) -> None:
     daemon, source, _ = run(tmp_path, list(STREAM.encoded(1000)))
     daemon.pipeline.sinks.insert(0, FlakySink(failures=10**6))
     stop = threading.Event()
-    daemon.pipeline.retry = type(daemon.pipeline.retry)(initial_s=0.01, max_s=0.01)
+    daemon.pipeline.delivery.retry = RetryPolicy(initial_s=0.01, max_s=0.01)
     timer = threading.Timer(0.2, stop.set)
     timer.start()
     daemon.pipeline.run(stop, until_exhausted=True)

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.app import build_daemon
 from monitor.deadletter import MemoryDeadLetter
+from monitor.delivery import RetryPolicy
 from monitor.errors import SinkError, SourceError
 from monitor.health import Health, serve
 from monitor.metrics import Metrics
@@ -171,7 +172,7 @@ def test_readiness_drops_while_a_sink_fails_and_returns_after(tmp_path: Path) ->
             pass
 
     daemon.pipeline.sinks.insert(0, Failing())
-    daemon.pipeline.retry = type(daemon.pipeline.retry)(initial_s=0.01, max_s=0.01)
+    daemon.pipeline.delivery.retry = RetryPolicy(initial_s=0.01, max_s=0.01)
     daemon.pipeline.run(threading.Event(), until_exhausted=True)
     assert seen == [True, False, False, False]
     assert daemon.pipeline.health.ready()[0] is True
