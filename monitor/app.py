@@ -11,6 +11,7 @@ from types import FrameType
 from typing import Any
 
 from monitor.deadletter import DeadLetter
+from monitor.errors import SinkError
 from monitor.factory import build_models
 from monitor.health import serve
 from monitor.label_join import LabelJoin
@@ -81,9 +82,15 @@ def build_daemon(
     built = build_models(settings, metrics)
     models, schemas = built.models, built.schemas
 
-    # The database is first touched by the running loop (schema migration, then stored
-    # state), retried while it is down: a daemon started during an outage waits for it.
     store = SqlStore(settings.storage.url)
+    try:  # one early try, so readers of the database find the tables once this returns
+        store.migrate()
+        prepare = None
+    except SinkError as exc:
+        # A daemon started during a database outage waits for it: the loop retries (with
+        # /metrics and /readyz up, saying why) instead of exiting.
+        log.warning("storage not ready at start-up, retrying in the loop: %s", exc)
+        prepare = store.migrate
 
     if source is None or dead_letter is None:
         from monitor.kafka_io import KafkaDeadLetter, KafkaSource
@@ -100,7 +107,7 @@ def build_daemon(
             schemas, settings.limits.max_record_bytes,
             TimeBounds(settings.limits.max_future_seconds, settings.limits.max_past_seconds)),
         models=models, sinks=sinks, dead_letter=dead_letter, metrics=metrics,
-        restore=restore, prepare=store.migrate, marks_store=store, on_report=on_report,
+        restore=restore, prepare=prepare, marks_store=store, on_report=on_report,
         labels_topic=settings.source.kafka.labels_topic,
         join=LabelJoin(store, {m.name: m.labels for m in settings.models if m.labels})
         if any(m.labels for m in settings.models) else None,
