@@ -20,7 +20,25 @@ from .ks_torch import TorchKSDetector, ks_statistics_torch
 from .label import LabelDriftDetector, PerformanceDriftDetector, PredictionDriftDetector
 from .mmd import MMDDetector
 from .psi import PSIDetector
-from .registry import KINDS, LARGE_REFERENCE, DetectorInfo, build, choose
+from .registry import (
+    CONFIGURABLE,
+    DEVICES,
+    EMBEDDINGS,
+    ERRORS,
+    INPUTS,
+    KINDS,
+    LABELS,
+    LARGE_REFERENCE,
+    MATRIX,
+    PER_FEATURE,
+    PREDICTIONS,
+    SPECS,
+    DetectorInfo,
+    backend_problem,
+    build,
+    choose,
+    unknown_key,
+)
 from .results import DriftResult, FeatureResult
 from .streaming import ADWIN, DDM, PageHinkley
 from .wasserstein import WassersteinDetector
@@ -28,10 +46,20 @@ from .wasserstein import WassersteinDetector
 __all__ = [
     "ADWIN",
     "BBSE",
+    "CONFIGURABLE",
     "CORRECTIONS",
     "DDM",
+    "DEVICES",
+    "EMBEDDINGS",
+    "ERRORS",
+    "INPUTS",
     "KINDS",
+    "LABELS",
     "LARGE_REFERENCE",
+    "MATRIX",
+    "PER_FEATURE",
+    "PREDICTIONS",
+    "SPECS",
     "AndersonDarlingDetector",
     "ChiSquareDetector",
     "ClassifierTwoSampleDetector",
@@ -57,8 +85,10 @@ __all__ = [
     "TorchKSDetector",
     "WassersteinDetector",
     "adjust_p_values",
+    "backend_problem",
     "build",
     "choose",
     "ks_statistics_torch",
     "resolve_device",
+    "unknown_key",
 ]

@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from detectors import DriftResult, KSDetector, MMDDetector
+from monitor.components import BaseComponent
 from monitor.errors import ReferenceDataError
 from monitor.reference import json_lines
 from monitor.settings import EmbeddingSettings
+from monitor.windows import ClosedWindow
 
 
 def _payloads(path: Path) -> tuple[list[Any], str]:
@@ -72,8 +74,9 @@ def build_embedder(cfg: EmbeddingSettings) -> Any:
     return emb
 
 
-class EmbeddingDrift:
-    """One model's embedding detectors, built from its reference inputs."""
+class EmbeddingDrift(BaseComponent):
+    """One model's embedding detectors, built from its reference inputs: a component
+    (:mod:`monitor.components`) over the window records' ``raw_input``."""
 
     def __init__(self, cfg: EmbeddingSettings, alpha: float, cache_dir: Path | None,
                  on_embedded: Callable[[int, float], None] | None = None) -> None:
@@ -111,19 +114,33 @@ class EmbeddingDrift:
             self.reducer, test = NoReduction(), hidden
         ref = self.reducer.transform(test).astype(np.float64)
         self.mmd = MMDDetector(ref, alpha=alpha, n_permutations=cfg.n_permutations,
-                               backend=cfg.mmd_backend, feature="embedding")
+                               backend=cfg.mmd_backend, device=cfg.mmd_device,
+                               feature="embedding")
         self.ks = KSDetector({f"dim_{i}": ref[:, i] for i in range(ref.shape[1])},
                              alpha=alpha, correction="bonferroni")
         # BBSD whenever the softmax is captured (a classifier's default layers include it).
         self.bbsd = (KSDetector({f"class_{i}": probs[:, i] for i in range(probs.shape[1])},
                                 alpha=alpha, correction="bonferroni")
                      if self.prob_layer is not None else None)
+        n = ref.shape[0]
+        dims = tuple(f"dim_{i}" for i in range(ref.shape[1]))
+        self._untested = {
+            "embedding_mmd": (("embedding",), (n,), alpha, "none"),
+            "embedding_ks": (dims, (n,) * len(dims), alpha, "bonferroni"),
+        }
+        if self.bbsd is not None:
+            classes = tuple(f"class_{i}" for i in range(probs.shape[1]))
+            self._untested["bbsd"] = (classes, (len(probs),) * len(classes), alpha,
+                                      "bonferroni")
 
     @property
     def detector_names(self) -> list[str]:
-        return ["embedding_mmd", "embedding_ks", *(["bbsd"] if self.bbsd else [])]
+        return self.names
 
-    def test(self, inputs: Sequence[Any]) -> list[DriftResult]:
+    def test(self, window: ClosedWindow) -> list[DriftResult]:
+        return self.test_inputs([r.raw_input for r in window.records])
+
+    def test_inputs(self, inputs: Sequence[Any]) -> list[DriftResult]:
         t0 = time.perf_counter()
         out = self.embedder.embed_layers([list(x) if isinstance(x, tuple) else x
                                           for x in inputs])

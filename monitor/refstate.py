@@ -32,12 +32,14 @@ T = TypeVar("T")
 def _code_hash() -> str:
     """Hash of the code whose objects the state holds: any change there invalidates it."""
     import detectors
+    import monitor.components
     import monitor.evaluate
 
     h = hashlib.sha256()
     for path in sorted(Path(detectors.__file__).parent.glob("*.py")):
         h.update(path.read_bytes())
-    h.update(Path(monitor.evaluate.__file__).read_bytes())
+    for module in (monitor.evaluate, monitor.components):
+        h.update(Path(module.__file__ or "").read_bytes())
     return h.hexdigest()
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from detectors.registry import KINDS
+from detectors.registry import CONFIGURABLE, MATRIX, SPECS, backend_problem, unknown_key
 from detectors.streaming import ADWIN, DDM, PageHinkley
 from monitor.errors import ConfigError
 
@@ -44,21 +44,31 @@ class TimeWindow(_Strict):
     allowed_lateness_seconds: float = Field(
         default=0, ge=0,
         description="How long after a window's end records may still arrive for it.")
-    min_records: int = Field(default=2, ge=1)
+    min_records: int = Field(
+        default=2, ge=1, description="A window with fewer records is not tested: each of its "
+        "detectors reports insufficient_data.")
 
 
 Window = Annotated[CountWindow | TimeWindow, Field(discriminator="kind")]
 Correction = Literal["bonferroni", "benjamini-hochberg", "none"]
 
 
-DetectorKind = Literal["ks", "chi2", "cvm", "anderson", "psi", "kl", "js", "wasserstein",
-                       "mmd", "c2st"]
+#: The kinds a model's ``detectors[]`` list accepts (from :data:`detectors.registry.SPECS`).
+DETECTOR_KINDS: tuple[str, ...] = CONFIGURABLE
 #: Multivariate detectors: one test over all the selected numeric features together.
-MULTIVARIATE = frozenset({"mmd", "c2st"})
+MULTIVARIATE = frozenset(k for k in CONFIGURABLE if SPECS[k].input == MATRIX)
+_DEVICE = r"^(cpu|cuda|cuda:\d+|auto)$"
 
 
 class DetectorSettings(_Strict):
-    kind: DetectorKind
+    """One entry of a model's ``detectors[]``.
+
+    Which keys a kind takes is the registry's (:data:`detectors.registry.SPECS`, field
+    ``keys``): a key the kind does not use is an error naming it, never silently ignored.
+    The fields below only give each key's type and bounds (one meaning for every kind).
+    """
+
+    kind: str = Field(description="A detector kind: " + ", ".join(DETECTOR_KINDS) + ".")
     features: tuple[str, ...] | None = Field(
         default=None, description="Features to test; default: every feature of a type the "
         "detector supports.")
@@ -69,26 +79,36 @@ class DetectorSettings(_Strict):
     min_expected: float | None = Field(
         default=None, ge=0, description="chi2 only: pool categories whose smallest "
         "expected count is below this (default 5; 0: no pooling).")
-    # mmd only:
-    n_permutations: int = Field(default=1000, ge=10)
-    backend: Literal["numpy", "torch"] = "numpy"
-    device: str = Field(default="cpu", pattern=r"^(cpu|cuda|cuda:\d+|auto)$")
-    max_n: int | None = Field(default=None, ge=10, description="Subsample each side to this.")
+    n_permutations: int = Field(default=1000, ge=10, description="mmd only.")
+    backend: Literal["numpy", "torch"] = Field(default="numpy", description="mmd only.")
+    device: str = Field(default="cpu", pattern=_DEVICE,
+                        description="mmd only, with backend torch.")
+    max_n: int | None = Field(default=None, ge=10, description="mmd, c2st: subsample each "
+                              "side to this.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_fit_kind(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            problem = unknown_key(str(data.get("kind")), [str(k) for k in data])
+            if problem is not None:
+                raise ValueError(problem)
+        return data
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in DETECTOR_KINDS:
+            raise ValueError(f"unknown detector kind {v!r}; valid kinds: "
+                             f"{', '.join(DETECTOR_KINDS)}")
+        return v
 
     @model_validator(mode="after")
-    def _params_fit_kind(self) -> DetectorSettings:
-        if self.min_expected is not None and self.kind != "chi2":
-            raise ValueError(f"min_expected applies to chi2 only, not '{self.kind}'")
-        if self.kind in MULTIVARIATE:
-            if self.threshold is not None or self.correction is not None:
-                raise ValueError(f"'{self.kind}' is one test over all its features: set alpha, "
-                                 "not threshold/correction")
-            return self
-        info = KINDS[self.kind]
-        if info.has_p_value and self.threshold is not None:
-            raise ValueError(f"'{self.kind}' is a test with a p-value: set alpha, not threshold")
-        if not info.has_p_value and (self.alpha is not None or self.correction is not None):
-            raise ValueError(f"'{self.kind}' is a distance: set threshold, not alpha/correction")
+    def _runs_where_configured(self) -> DetectorSettings:
+        if "backend" in SPECS[self.kind].keys:
+            problem = backend_problem(self.kind, self.backend, self.device)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
 
@@ -187,11 +207,20 @@ class EmbeddingSettings(_Strict):
     bbsd: bool = Field(default=False, description="Capture the softmax outputs for BBSD even "
                        "if the layers do not include them (a classifier's default do).")
     reduction: EmbeddingReduction = Field(default_factory=EmbeddingReduction)
-    device: str = Field(default="auto", pattern=r"^(cpu|cuda|cuda:\d+|auto)$")
+    device: str = Field(default="auto", pattern=_DEVICE)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     batch_size: int = Field(default=256, gt=0)
     n_permutations: int = Field(default=1000, ge=10)
     mmd_backend: Literal["numpy", "torch"] = "numpy"
+    mmd_device: str = Field(default="cpu", pattern=_DEVICE,
+                            description="Where embedding_mmd runs: cuda needs mmd_backend torch.")
+
+    @model_validator(mode="after")
+    def _mmd_runs_where_configured(self) -> EmbeddingSettings:
+        problem = backend_problem("embedding_mmd", self.mmd_backend, self.mmd_device)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class PredictionDriftSettings(_Strict):
@@ -243,17 +272,19 @@ class ModelSettings(_Strict):
             if det.kind in seen:
                 raise ValueError(f"detectors[{i}]: detector '{det.kind}' is listed twice")
             seen.add(det.kind)
+            info = SPECS[det.kind]
             alpha = det.alpha or self.alpha
-            if det.kind == "anderson" and not 0.001 < alpha <= 0.25:
-                raise ValueError(f"detectors[{i}] (anderson): its p-values lie in [0.001, "
-                                 f"0.25], so alpha must be in (0.001, 0.25], got {alpha}")
-            if det.kind == "mmd" and 1 / (det.n_permutations + 1) >= alpha:
+            if info.alpha_range is not None and not (
+                    info.alpha_range[0] < alpha <= info.alpha_range[1]):
+                low, high = info.alpha_range
+                raise ValueError(f"detectors[{i}] ({det.kind}): its p-values lie in [{low}, "
+                                 f"{high}], so alpha must be in ({low}, {high}], got {alpha}")
+            if "n_permutations" in info.keys and 1 / (det.n_permutations + 1) >= alpha:
                 raise ValueError(
-                    f"detectors[{i}] (mmd): with n_permutations={det.n_permutations} the "
-                    f"smallest p-value is 1/{det.n_permutations + 1}, not below alpha={alpha}: "
-                    f"raise n_permutations above {int(1 / alpha)}")
-            supported = (frozenset({"numeric"}) if det.kind in MULTIVARIATE
-                         else KINDS[det.kind].feature_types)
+                    f"detectors[{i}] ({det.kind}): with n_permutations={det.n_permutations} "
+                    f"the smallest p-value is 1/{det.n_permutations + 1}, not below "
+                    f"alpha={alpha}: raise n_permutations above {int(1 / alpha)}")
+            supported = info.feature_types
             if det.features is None and not any(k in supported for k in kinds.values()):
                 raise ValueError(f"detectors[{i}] ({det.kind}) has no "
                                  f"{' or '.join(sorted(supported))} features to test")

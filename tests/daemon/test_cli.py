@@ -201,3 +201,54 @@ def test_produce_missing_file_exits_2_before_connecting(tmp_path: Path) -> None:
                "--file", str(tmp_path / "missing.jsonl"), timeout=20)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"driftline: error: {tmp_path / 'missing.jsonl'}: no such file"
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    path.write_text("\n".join(",".join(str(v) for v in row) for row in [header, *rows]) + "\n")
+    return path
+
+
+def test_check_config_with_prediction_drift_and_labels(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: check-config loaded only the feature columns and crashed with a traceback
+    # on prediction_drift; it now builds what `run` builds (monitor.factory.build_models).
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(600):
+        label = int(rng.random() < 0.3)
+        pred = label if rng.random() < 0.85 else 1 - label
+        rows.append([round(float(rng.normal()), 4), pred, label])
+    _write_csv(tmp_path / "ref.csv", ["x", "prediction", "label"], rows)
+    labelled = _write_csv(tmp_path / "labelled.csv", ["label", "prediction"],
+                          [[r[2], r[1]] for r in rows])
+    doc = {
+        "source": {"kafka": {"labels_topic": "labels"}},
+        "storage": {"url": f"sqlite:///{tmp_path}/r.db", "reference_cache_dir": ""},
+        "models": [
+            {"name": "shift", "reference": {"path": "ref.csv"},
+             "features": [{"name": "x", "type": "numeric"}],
+             "window": {"kind": "count", "size": 100},
+             "prediction_drift": {"task": "classification", "label_shift": True}},
+            {"name": "labelled", "reference": {"path": "ref.csv"},
+             "features": [{"name": "x", "type": "numeric"}],
+             "window": {"kind": "count", "size": 100},
+             "prediction_drift": {"task": "classification", "label_shift": True},
+             "labels": {"reference": {"path": labelled.name}, "window_size": 100,
+                        "streaming": [{"kind": "ddm"}, {"kind": "adwin"}]}},
+        ],
+    }
+    path = tmp_path / "driftline.yml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["check-config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    lines = captured.out.splitlines()
+    assert lines[-1] == f"{path}: OK"
+    shift = next(line for line in lines if line.startswith("model shift:"))
+    assert shift.endswith("detectors ks, prediction_chi2, label_shift")
+    assert "(600 rows)" in shift
+    with_labels = next(line for line in lines if line.startswith("model labelled:"))
+    assert with_labels.endswith("detectors ks, prediction_chi2, label_shift, performance, "
+                                "label_chi2, ddm, adwin")

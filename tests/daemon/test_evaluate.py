@@ -97,7 +97,7 @@ def test_multivariate_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="'c' is categorical"):
         parse_settings({"models": [model_doc(detectors=[{"kind": "c2st", "features": ["c"]}])]},
                        env={})
-    with pytest.raises(ConfigError, match="smallest p-value is 1/201, not below alpha=0.001"):
+    with pytest.raises(ConfigError, match=r"smallest p-value is 1/201, not below alpha=0.001"):
         parse_settings({"models": [model_doc(detectors=[{"kind": "mmd",
                                                          "n_permutations": 200}])]}, env={})
     with pytest.raises(ConfigError, match=r"detectors\[0\]\.device"):
