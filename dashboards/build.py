@@ -185,9 +185,12 @@ def _panels() -> list[dict[str, Any]]:
                      "model).",
                      [target(f"sum by (reason) (rate(driftline_records_rejected_total{RATE}))",
                              "{{reason}}")], stack=True), 12, 8)
-    g.add(timeseries("Windows evaluated / min", "Windows closed and tested for drift.",
+    g.add(timeseries("Windows evaluated / min", "Windows closed and tested for drift, and "
+                     "windows whose evaluation failed (stored with the error, skipped).",
                      [target(f"sum by (model) (rate(driftline_windows_evaluated_total{{{M}}}"
-                             f"{RATE})) * 60", "{{model}}")]), 12, 8)
+                             f"{RATE})) * 60", "{{model}}"),
+                      target(f"sum by (model) (rate(driftline_window_errors_total{{{M}}}"
+                             f"{RATE})) * 60", "{{model}} failed")]), 12, 8)
     g.add(timeseries("Records per window", "Records in each model's last evaluated window.",
                      [target(f"max by (model) (driftline_window_records{{{M}}})",
                              "{{model}}")]), 12, 8)

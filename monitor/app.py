@@ -98,7 +98,8 @@ def build_daemon(
         source = source or KafkaSource(settings.source.kafka)
         dead_letter = dead_letter or KafkaDeadLetter(settings.source.kafka)
 
-    sinks: list[Sink] = [store, PrometheusSink(metrics)]  # durable first, then visible
+    # durable first, then visible; owned: read at scrape time, once `pipeline` exists below
+    sinks: list[Sink] = [store, PrometheusSink(metrics, owned=lambda: pipeline.assignment)]
     metrics.prime(((name, [d for _n, s in state.streams() for d in s.evaluator.detector_names])
                    for name, state in models.items()),
                   sinks=[*(s.name for s in sinks), "dead_letter"])

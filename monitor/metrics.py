@@ -4,16 +4,29 @@ Naming follows Prometheus conventions: prefix ``driftline_``, base units (``_sec
 ``_total`` on counters. Label values come only from configured models, detectors and
 features, or from the fixed sets below, so cardinality stays bounded; an unknown model
 name in a bad record is never used as a label value.
+
+The gauges that describe a model's last window (``driftline_drift_*``,
+``driftline_feature_drift_*``, ``driftline_window_*``) are not ordinary gauges: the
+:class:`LatestWindows` collector builds them at scrape time from the latest report of each
+model, and only for the models this process currently owns, so that after a consumer-group
+rebalance a daemon stops exporting (and alerting on) models another daemon now reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from monitor import __version__
+
+if TYPE_CHECKING:
+    from monitor.report import WindowReport
 
 #: Reasons a record can be rejected (the ``reason`` label of ``driftline_records_rejected_total``).
 REJECT_REASONS: tuple[str, ...] = (
@@ -33,6 +46,17 @@ LABEL_OUTCOMES: tuple[str, ...] = ("joined", "late", "orphan", "invalid", "repla
 
 #: Pipeline stages timed by ``driftline_stage_duration_seconds``.
 STAGES: tuple[str, ...] = ("poll", "decode", "detect", "sink", "commit")
+
+#: Detectors that export no ``driftline_feature_drift_*`` series: their "features" are the
+#: dimensions of a reduced embedding (hundreds with ``reduction: none``), not configured
+#: features. Their overall statistic and p-value are exported as for any detector.
+NO_FEATURE_SERIES: frozenset[str] = frozenset({"embedding_ks"})
+
+#: Default cap on ``driftline_feature_drift_*`` series per (model, detector).
+MAX_FEATURE_SERIES = 50
+
+#: Returns the (topic, partition)s this process owns now; None: it owns everything.
+Owned = Callable[[], "set[tuple[str, int]] | frozenset[tuple[str, int]] | None"]
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -67,40 +91,6 @@ class Metrics:
             "driftline_window_errors_total",
             "Windows whose evaluation failed unexpectedly (stored with the error, skipped).",
             ["model"], registry=r,
-        )
-        self.window_records = Gauge(
-            "driftline_window_records", "Records in the model's last evaluated window.",
-            ["model"], registry=r,
-        )
-        self.window_end = Gauge(
-            "driftline_window_end_timestamp_seconds",
-            "Event-time end of the model's last evaluated window (Unix seconds).", ["model"],
-            registry=r,
-        )
-        self.drift_detected = Gauge(
-            "driftline_drift_detected",
-            "1 if the detector flagged drift in the model's last window (after correction).",
-            ["model", "detector"], registry=r,
-        )
-        self.drift_statistic = Gauge(
-            "driftline_drift_statistic",
-            "The detector's overall statistic for the last window.", ["model", "detector"],
-            registry=r,
-        )
-        self.drift_p_value = Gauge(
-            "driftline_drift_p_value",
-            "The detector's smallest corrected p-value for the last window.",
-            ["model", "detector"], registry=r,
-        )
-        self.feature_statistic = Gauge(
-            "driftline_feature_drift_statistic",
-            "Per-feature test statistic for the last window.", ["model", "detector", "feature"],
-            registry=r,
-        )
-        self.feature_p_value = Gauge(
-            "driftline_feature_drift_p_value",
-            "Per-feature raw p-value for the last window.", ["model", "detector", "feature"],
-            registry=r,
         )
         self.drift_windows = Counter(
             "driftline_drift_windows_total",
@@ -176,3 +166,104 @@ class Metrics:
             self.window_errors.labels(model=model)
             for detector in detectors:
                 self.drift_windows.labels(model=model, detector=detector)
+
+
+class LatestWindows(Collector):
+    """The per-window gauges, built at scrape time from the latest report of each model.
+
+    Holds the latest successful report per (model, stream) and yields the gauges only for
+    reports whose partitions intersect ``owned()`` (None: every report). After a rebalance
+    moves a model's partitions to another process, its series vanish from this process's
+    ``/metrics`` (and come back if the partitions return), so an alert never fires from a
+    daemon that no longer reads the model.
+
+    Per-feature series are bounded: none for :data:`NO_FEATURE_SERIES`, and at most
+    ``max_feature_series`` per (model, detector), the first ones in the detector's feature
+    order (a stable choice: the same features are exported every window).
+    """
+
+    def __init__(self, owned: Owned | None = None, *,
+                 max_feature_series: int = MAX_FEATURE_SERIES) -> None:
+        if max_feature_series < 0:
+            raise ValueError(f"max_feature_series must be >= 0, got {max_feature_series}")
+        self._owned: Owned = owned or (lambda: None)
+        self.max_feature_series = max_feature_series
+        self._lock = threading.Lock()  # update() runs in the pipeline, collect() per scrape
+        self._seq = 0
+        self._latest: dict[tuple[str, str], tuple[int, WindowReport]] = {}
+
+    def update(self, report: WindowReport) -> None:
+        """Keep ``report`` as its (model, stream)'s latest; failed windows change nothing."""
+        if report.error is not None:
+            return
+        with self._lock:
+            self._seq += 1
+            self._latest[(report.model, report.stream)] = (self._seq, report)
+
+    def owned_reports(self) -> list[tuple[int, WindowReport]]:
+        """(write sequence, report) of the latest reports of the models owned now."""
+        owned = self._owned()
+        # A copy, taken in one C call: the pipeline may change its set meanwhile.
+        mine = None if owned is None else frozenset(owned)
+        with self._lock:
+            latest = list(self._latest.values())
+        return [(seq, r) for seq, r in latest if mine is None or not mine.isdisjoint(r.offsets)]
+
+    @staticmethod
+    def _families() -> dict[str, GaugeMetricFamily]:
+        md, mdf = ["model", "detector"], ["model", "detector", "feature"]
+        return {
+            "records": GaugeMetricFamily(
+                "driftline_window_records", "Records in the model's last evaluated window.",
+                labels=["model"]),
+            "end": GaugeMetricFamily(
+                "driftline_window_end_timestamp_seconds",
+                "Event-time end of the model's last evaluated window (Unix seconds).",
+                labels=["model"]),
+            "detected": GaugeMetricFamily(
+                "driftline_drift_detected",
+                "1 if the detector flagged drift in the model's last window (after correction).",
+                labels=md),
+            "statistic": GaugeMetricFamily(
+                "driftline_drift_statistic",
+                "The detector's overall statistic for the last window.", labels=md),
+            "p_value": GaugeMetricFamily(
+                "driftline_drift_p_value",
+                "The detector's smallest corrected p-value for the last window.", labels=md),
+            "feature_statistic": GaugeMetricFamily(
+                "driftline_feature_drift_statistic",
+                "Per-feature test statistic for the last window.", labels=mdf),
+            "feature_p_value": GaugeMetricFamily(
+                "driftline_feature_drift_p_value",
+                "Per-feature raw p-value for the last window.", labels=mdf),
+        }
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        """The names, for the registry's duplicate check (no samples)."""
+        return list(self._families().values())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        f = self._families()
+        last: dict[str, tuple[int, WindowReport]] = {}  # per model: its latest stream's
+        for seq, report in sorted(self.owned_reports(), key=lambda x: x[0]):
+            model = report.model
+            last[model] = (seq, report)
+            for r in report.results:
+                md = [model, r.detector]
+                f["detected"].add_metric(md, 1.0 if r.drifted else 0.0)
+                f["statistic"].add_metric(md, r.statistic)
+                f["p_value"].add_metric(md, _nan_if_none(r.p_value))
+                if r.detector in NO_FEATURE_SERIES:
+                    continue
+                for feat in r.features[:self.max_feature_series]:
+                    f["feature_statistic"].add_metric([*md, feat.feature], feat.statistic)
+                    f["feature_p_value"].add_metric([*md, feat.feature],
+                                                    _nan_if_none(feat.p_value))
+        for model, (_seq, report) in last.items():
+            f["records"].add_metric([model], float(report.n_records))
+            f["end"].add_metric([model], report.window_end)
+        yield from f.values()
+
+
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value

@@ -1,10 +1,10 @@
-"""The sink seam, and the Prometheus sink that mirrors each window report into gauges."""
+"""The sink seam, and the Prometheus sink that exports each window report as metrics."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from monitor.metrics import Metrics
+from monitor.metrics import MAX_FEATURE_SERIES, LatestWindows, Metrics, Owned
 from monitor.report import WindowReport
 
 
@@ -21,29 +21,34 @@ class Sink(Protocol):
 
 
 class PrometheusSink:
-    """Sets the drift gauges from the latest report of each model and detector."""
+    """Counts each report, and keeps the latest per model for the per-window gauges.
+
+    The gauges (``driftline_drift_*``, ``driftline_feature_drift_*``, ``driftline_window_*``)
+    come from a :class:`~monitor.metrics.LatestWindows` collector registered on the metrics'
+    registry: only models read from the partitions ``owned()`` returns are exported (None:
+    all of them), and per-feature series are capped at ``max_feature_series`` per detector.
+    A report whose evaluation failed counts in ``driftline_window_errors_total`` and leaves
+    the gauges as they were.
+    """
 
     name = "prometheus"
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, owned: Owned | None = None, *,
+                 max_feature_series: int = MAX_FEATURE_SERIES) -> None:
         self.m = metrics
+        self.latest = LatestWindows(owned, max_feature_series=max_feature_series)
+        metrics.registry.register(self.latest)
 
     def write(self, report: WindowReport) -> None:
         m, model = self.m, report.model
+        if report.error is not None:
+            m.window_errors.labels(model=model).inc()
+            return
         m.windows_evaluated.labels(model=model).inc()
-        m.window_records.labels(model=model).set(report.n_records)
-        m.window_end.labels(model=model).set(report.window_end)
         for r in report.results:
-            labels = {"model": model, "detector": r.detector}
-            m.drift_detected.labels(**labels).set(1 if r.drifted else 0)
-            m.drift_statistic.labels(**labels).set(r.statistic)
-            m.drift_p_value.labels(**labels).set(float("nan") if r.p_value is None else r.p_value)
             if r.drifted:
-                m.drift_windows.labels(**labels).inc()
-            for f in r.features:
-                m.feature_statistic.labels(feature=f.feature, **labels).set(f.statistic)
-                m.feature_p_value.labels(feature=f.feature, **labels).set(
-                    float("nan") if f.p_value is None else f.p_value)
+                m.drift_windows.labels(model=model, detector=r.detector).inc()
+        self.latest.update(report)
 
     def flush(self) -> None:
         pass

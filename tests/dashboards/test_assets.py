@@ -313,7 +313,9 @@ _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 def _defined_metrics() -> tuple[set[str], set[str]]:
     """(all metric names, histogram names) declared in monitor/metrics.py, read as text."""
     text = METRICS_PY.read_text(encoding="utf-8")
-    found = re.findall(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"(driftline_[a-z_]+)"', text)
+    # GaugeMetricFamily: the per-window gauges, built by a collector at scrape time
+    found = re.findall(r'\b(Counter|Gauge|GaugeMetricFamily|Histogram|Summary)\(\s*'
+                       r'"(driftline_[a-z_]+)"', text)
     assert found, "no metric definitions found in monitor/metrics.py"
     return {name for _, name in found}, {name for kind, name in found if kind == "Histogram"}
 
