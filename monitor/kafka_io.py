@@ -145,6 +145,10 @@ class KafkaSource:
                 out[(tp.topic, tp.partition)] = max(0, high - position)
         return out
 
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions the group gave this consumer (local state, no request)."""
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._consumer.seek(KafkaTP(*tp), offset)
 

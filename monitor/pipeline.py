@@ -308,8 +308,6 @@ class Pipeline:
         self._rewind = {tp: o for tp, o in self.committable().items()
                         if self.checkpoint.reading(tp)}
         gone = set(revoked)
-        if self.assignment is not None:
-            self.assignment -= gone
         for tp in [tp for tp in self._rewind if tp not in gone]:
             # cooperative rebalancing: kept and never re-assigned, so rewind it now
             self.source.seek(tp, self._rewind.pop(tp))
@@ -320,7 +318,12 @@ class Pipeline:
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("partitions assigned: %s", assigned)
-        self.assignment = (self.assignment or set()) | set(assigned)
+        # The source's own view when it has one: the eager protocol revokes everything
+        # before it assigns, and an empty set meanwhile would blank every drift gauge (and
+        # reset a firing alert) for models this process keeps.
+        current = getattr(self.source, "assignment", None)
+        self.assignment = (set(current()) if callable(current)
+                           else (self.assignment or set()) | set(assigned))
         for tp in assigned:
             if tp in self._rewind:
                 self.source.seek(tp, self._rewind[tp])  # local state only: no network call
