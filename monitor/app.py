@@ -83,7 +83,7 @@ def build_daemon(
 
     # Only now touch the database: bad references fail first and leave no file behind.
     store = SqlStore(settings.storage.url)
-    store.create_schema()
+    store.migrate()
 
     if source is None or dead_letter is None:
         from monitor.kafka_io import KafkaDeadLetter, KafkaSource

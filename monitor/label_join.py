@@ -47,7 +47,8 @@ class PredictionStore(Protocol):
 
     def flush_predictions(self) -> None: ...
 
-    def lookup_predictions(self, keys: list[str]) -> dict[str, tuple[str, Any, float]]: ...
+    def lookup_predictions(self, request_ids: list[str]
+                           ) -> dict[str, list[tuple[str, Any, float]]]: ...
 
     def prune_predictions(self, before: float) -> int: ...
 
@@ -90,28 +91,28 @@ class LabelJoin:
             return []
         missing = [rid for rid in self._waiting if rid not in self._unflushed]
         found = dict(self.store.lookup_predictions(missing)) if missing else {}
-        found.update({rid: self._unflushed[rid] for rid in self._waiting
+        found.update({rid: [self._unflushed[rid]] for rid in self._waiting
                       if rid in self._unflushed})
         joined: list[tuple[Joined, TopicPartition, int]] = []
         for rid in list(self._waiting):
-            if rid not in found:
+            if not found.get(rid):
                 continue
             label, tp, offset = self._waiting.pop(rid)
-            model, prediction, ts = found[rid]
-            cfg = self.settings.get(model)
-            if cfg is None:
-                continue  # a model whose labels are no longer configured
-            if label.timestamp - ts > cfg.horizon_seconds:
-                self.outcomes["late"] += 1
-                continue
-            try:
-                pair = Joined(model, rid, as_target(label.label, cfg.task),
-                              as_target(prediction, cfg.task), label.timestamp)
-            except ValueError as exc:
-                self.outcomes["invalid"] += 1
-                log.warning("label at %s/%d/%d not usable: %s", *tp, offset, exc)
-                continue
-            joined.append((pair, tp, offset))
+            for model, prediction, ts in found[rid]:  # every model that scored the request
+                cfg = self.settings.get(model)
+                if cfg is None:
+                    continue  # a model whose labels are no longer configured
+                if label.timestamp - ts > cfg.horizon_seconds:
+                    self.outcomes["late"] += 1
+                    continue
+                try:
+                    pair = Joined(model, rid, as_target(label.label, cfg.task),
+                                  as_target(prediction, cfg.task), label.timestamp)
+                except ValueError as exc:
+                    self.outcomes["invalid"] += 1
+                    log.warning("label at %s/%d/%d not usable: %s", *tp, offset, exc)
+                    continue
+                joined.append((pair, tp, offset))
         self._expire()
         return joined
 
