@@ -18,6 +18,7 @@ uses Alembic does not mix the two histories.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,8 @@ LEGACY_TABLES = frozenset({"driftline_windows", "driftline_results", "driftline_
                            "driftline_predictions", "driftline_detector_state"})
 SCHEMA_LOCK = int.from_bytes(b"driftlin", "big") >> 1  # any constant bigint
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Alembic's `context` and `op` are module-level proxies: one migration per process at a time.
+_ALEMBIC_LOCK = threading.Lock()
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -89,13 +92,14 @@ def upgrade(connection: Connection, revision: str = "head") -> tuple[str | None,
     """
     from alembic import command
 
-    before = current_revision(connection)
-    cfg = alembic_config(connection)
-    if before is None and is_legacy(connection):
-        log.info("database made by driftline 0.1.0: stamping revision %s", LEGACY_REVISION)
-        command.stamp(cfg, LEGACY_REVISION)
-    command.upgrade(cfg, revision)
-    return before, current_revision(connection)
+    with _ALEMBIC_LOCK:
+        before = current_revision(connection)
+        cfg = alembic_config(connection)
+        if before is None and is_legacy(connection):
+            log.info("database made by driftline 0.1.0: stamping revision %s", LEGACY_REVISION)
+            command.stamp(cfg, LEGACY_REVISION)
+        command.upgrade(cfg, revision)
+        return before, current_revision(connection)
 
 
 def _lock(connection: Connection) -> None:
