@@ -125,6 +125,8 @@ def _restore_missing_tables(connection: Connection) -> None:
 def migrate(engine: Engine, revision: str = "head") -> str | None:
     """Bring the database to ``revision`` (see the module docstring); returns the revision
     reached. Raises :class:`SinkError` when the database fails (the daemon retries it)."""
+    from alembic.util import CommandError
+
     try:
         with engine.begin() as conn:
             _lock(conn)
@@ -135,6 +137,9 @@ def migrate(engine: Engine, revision: str = "head") -> str | None:
         raise SinkError(f"cannot create tables: migrating the database at {safe_url(engine)} "
                         f"to revision {revision} failed: {exc.__class__.__name__}: "
                         f"{_without_password(exc, engine)}") from exc
+    except CommandError as exc:  # e.g. a revision of a newer driftline, unknown here
+        raise SinkError(f"cannot migrate the database at {safe_url(engine)} to revision "
+                        f"{revision}: {exc} (written by a newer driftline?)") from exc
     if before != after:
         log.info("database at %s migrated from revision %s to %s", safe_url(engine),
                  before or "none", after)

@@ -441,6 +441,15 @@ def test_unreachable_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "cannot read the schema revision" in capsys.readouterr().err
 
 
+def test_database_of_a_newer_release_is_refused(sqlite_url: str) -> None:
+    with store_at(sqlite_url) as store:
+        store.migrate()
+        with store.engine.begin() as conn:
+            conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0099'"))
+        with pytest.raises(SinkError, match=r"0099.*newer driftline"):
+            store.migrate()
+
+
 def test_bad_url_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ConfigError, match="not a usable SQLAlchemy URL"):
         SqlStore("nosuchdialect://u:s3cret@host/db")
