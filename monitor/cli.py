@@ -1,4 +1,4 @@
-"""The ``driftline`` command: run, demo, produce, check-config."""
+"""The ``driftline`` command: run, demo, produce, check-config, db."""
 
 from __future__ import annotations
 
@@ -114,6 +114,37 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from monitor.settings import load_settings
+    from monitor.storage import SqlStore, database_revision, head_revision
+    from monitor.storage.migrate import database_is_legacy
+
+    settings = load_settings(args.config)
+    _setup_logging("WARNING")
+    store = SqlStore(settings.storage.url)  # ConfigError for a bad URL or driver: exit 2
+    where = store.engine.url.render_as_string(hide_password=True)
+    head = head_revision()
+    try:
+        if args.db_command == "upgrade":
+            before = database_revision(store.engine)
+            after = store.migrate()  # SinkError when the database fails: exit 2
+            print(f"{where}: upgraded from revision {before or 'none'} to {after}"
+                  if before != after else f"{where}: already at revision {after}")
+        else:
+            revision = database_revision(store.engine)
+            if revision is not None:
+                state = ("head" if revision == head
+                         else f"head is {head}: run `driftline db upgrade`")
+            elif database_is_legacy(store.engine):
+                state = "tables of driftline 0.1.0, not versioned yet: run `driftline db upgrade`"
+            else:
+                state = "no driftline tables: run `driftline db upgrade`"
+            print(f"{revision or 'none'} ({state})")
+    finally:
+        store.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftline", description=(
         "Drift-detection daemon: consumes inference logs from Kafka, tests each model's "
@@ -161,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--key-by-model", action="store_true",
                       help="use the model name as the message key (one partition per model)")
     prod.set_defaults(fn=cmd_produce)
+
+    db = sub.add_parser("db", help="database schema: upgrade, current revision",
+                        description="Manage the SQL schema (Alembic migrations shipped with "
+                        "driftline). The daemon also upgrades the database when it starts.")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    for action, text in (("upgrade", "upgrade storage.url's database to the latest revision "
+                          "(a database made by driftline 0.1.0 is adopted first)"),
+                         ("current", "print the database's revision")):
+        act = db_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        act.add_argument("--config", required=True, help="settings YAML file (storage.url)")
+    db.set_defaults(fn=cmd_db)
     return p
 
 

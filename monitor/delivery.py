@@ -103,7 +103,7 @@ class Delivery:
         self._pending.clear()
         self._sink_i = 0
 
-    def retrying(self, fn: Callable[[], None], stop: threading.Event,
+    def retrying(self, fn: Callable[[], object], stop: threading.Event,
                  name: str | None = None) -> bool:
         """Call ``fn`` until it does not raise SinkError; False if ``stop`` is set first."""
         delay = self.retry.initial_s

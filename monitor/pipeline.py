@@ -100,7 +100,7 @@ class Pipeline:
         dead_letter: DeadLetter,
         metrics: Metrics,
         restore: Callable[[], StoredState] | None = None,
-        prepare: Callable[[], None] | None = None,
+        prepare: Callable[[], object] | None = None,
         marks_store: DeadLetterMarks | None = None,
         labels_topic: str | None = None,
         join: LabelJoin | None = None,

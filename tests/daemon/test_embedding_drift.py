@@ -111,6 +111,6 @@ def test_embedding_configuration_errors_are_clear(tmp_path, minilm_dir) -> None:
         build_daemon(cfg, source=MemorySource([]), dead_letter=MemoryDeadLetter(),
                      serve_metrics=False, metrics=Metrics(CollectorRegistry()))
     _, cfg = settings(tmp_path, minilm_dir, layers=["encoder.nope"])
-    with pytest.raises(ConfigError, match="encoder.nope"):
+    with pytest.raises(ConfigError, match=r"encoder\.nope"):
         build_daemon(cfg, source=MemorySource([]), dead_letter=MemoryDeadLetter(),
                      serve_metrics=False, metrics=Metrics(CollectorRegistry()))

@@ -1,0 +1,1 @@
+"""Alembic environment and revisions of the driftline schema (run by monitor.storage.migrate)."""

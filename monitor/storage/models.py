@@ -1,0 +1,145 @@
+"""The tables (SQLAlchemy 2.0 typed models) and the engine factory.
+
+The schema itself is owned by the Alembic revisions in ``migrations/versions``; these
+classes must describe the schema at the head revision exactly (tests/daemon/
+test_migrations.py compares them with a migrated database on SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from monitor.errors import ConfigError
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class WindowRow(Base):
+    __tablename__ = "driftline_windows"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(20), primary_key=True)  # features | labels
+    window_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # time: epoch/secs
+    window_start: Mapped[float] = mapped_column(Float)
+    window_end: Mapped[float] = mapped_column(Float)
+    n_records: Mapped[int] = mapped_column(Integer)
+    offsets: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"topic/partition": [min, max]}
+    evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Why evaluating the window failed (revision 0002); such a window has no results.
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ResultRow(Base):
+    __tablename__ = "driftline_results"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(20), primary_key=True)
+    window_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # time: epoch/secs
+    detector: Mapped[str] = mapped_column(String(100), primary_key=True)
+    statistic: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    drifted: Mapped[bool] = mapped_column(Boolean)
+    insufficient_data: Mapped[bool] = mapped_column(Boolean)
+    correction: Mapped[str] = mapped_column(String(50))
+    n_reference: Mapped[int] = mapped_column(Integer)
+    n_current: Mapped[int] = mapped_column(Integer)
+    features: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
+class OffsetRow(Base):
+    __tablename__ = "driftline_offsets"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(20), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    max_offset: Mapped[int] = mapped_column(BigInteger)  # Kafka offsets are int64
+
+
+class PredictionRow(Base):
+    """Predictions of models with delayed labels, kept for the join until the horizon."""
+
+    __tablename__ = "driftline_predictions"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    prediction: Mapped[Any] = mapped_column(JSON)
+    timestamp: Mapped[float] = mapped_column(Float, index=True)
+
+
+class DetectorStateRow(Base):
+    """State of a streaming detector after the last stored window of its stream."""
+
+    __tablename__ = "driftline_detector_state"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(20), primary_key=True)
+    detector: Mapped[str] = mapped_column(String(100), primary_key=True)
+    window_index: Mapped[int] = mapped_column(BigInteger)
+    # JSON text rather than a JSON column: the state may hold Infinity, which
+    # PostgreSQL's json type rejects.
+    state: Mapped[str] = mapped_column(Text)
+
+
+class DeadLetterMarkRow(Base):
+    """Per source partition, the highest offset already sent to the dead-letter topic
+    (revision 0002), so a replay after a restart does not dead-letter a record twice."""
+
+    __tablename__ = "driftline_deadletter_marks"
+
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    max_offset: Mapped[int] = mapped_column(BigInteger)
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers (dashboards, tests) don't block us
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+    return engine
+
+
+def open_engine(url: str) -> Engine:
+    """:func:`make_engine`, with a bad URL or a missing driver as a :class:`ConfigError`.
+
+    Connects lazily: this checks the URL and the driver only.
+    """
+    try:
+        return make_engine(url)
+    except ArgumentError as exc:  # its message leaves out the URL, which may hold a password
+        raise ConfigError(f"storage.url: not a usable SQLAlchemy URL: {exc}") from None
+    except ValueError:  # e.g. a non-numeric port; the message would quote the URL
+        raise ConfigError("storage.url: not a usable SQLAlchemy URL (a malformed part, "
+                          "such as the port)") from None
+    except ImportError as exc:
+        raise ConfigError(f"storage.url: the database driver is not installed: {exc}") from None
+
+
+def safe_url(engine: Engine) -> str:
+    """The engine's URL for messages, password hidden."""
+    return engine.url.render_as_string(hide_password=True)
