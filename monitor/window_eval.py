@@ -7,8 +7,9 @@
 * An unexpected error while testing one window never stops the daemon and never blocks the
   other models: that window becomes a report with ``error`` set and no results, which is
   stored like any other, so its offsets are committed past it and a restart does not replay
-  it into the same failure. It is counted in ``driftline_window_errors_total`` and logged
-  with its traceback the first time per model, in one line after that.
+  it into the same failure. The Prometheus sink counts it in
+  ``driftline_window_errors_total`` once stored; it is logged with its traceback the first
+  time per model, in one line after that.
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ class WindowEvaluation:
         try:
             return evaluator.evaluate(window)
         except Exception as exc:  # one bad window must not stop every other model
-            self.metrics.window_errors.labels(model=window.model).inc()
             key = (window.model, stream)
             if key not in self._failed_models:
                 self._failed_models.add(key)
