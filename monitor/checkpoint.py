@@ -76,6 +76,12 @@ class Checkpoint:
         return {tp: o for tp, o in self._dead_lettered.items()
                 if o > self._dl_durable.get(tp, -1)}
 
+    def position_marks_to_store(self, dl_topic: str, acked: Mapping[int, int]
+                                ) -> dict[TopicPartition, int]:
+        """(dead-letter topic, partition) -> highest acknowledged offset, where it moved."""
+        return {(dl_topic, p): o for p, o in acked.items()
+                if o > self._dl_durable.get((dl_topic, p), -1)}
+
     def dead_letter_marks_stored(self, marks: Mapping[TopicPartition, int]) -> None:
         for tp, o in marks.items():
             self._dl_durable[tp] = max(self._dl_durable.get(tp, -1), o)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Protocol, runtime_checkable
 
 from monitor.errors import RecordError
 from monitor.sources import Message
@@ -37,6 +38,31 @@ class DeadLetter(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RecoverableDeadLetter(DeadLetter, Protocol):
+    """A dead-letter topic the pipeline can read back after a crash.
+
+    The marks of what was dead-lettered are stored with the results, after the dead letters
+    are flushed; a crash between the two would dead-letter those records again. So the
+    stored marks also record, per partition of the dead-letter topic, the highest offset
+    they cover (``positions``), and a restart reads the topic from there (``recover``)
+    for the source coordinates its headers name.
+    """
+
+    topic: str
+
+    def positions(self) -> dict[int, int]:
+        """Dead-letter partition -> highest offset acknowledged so far by this process."""
+        ...
+
+    def recover(self, covered: Mapping[int, int]) -> tuple[dict[tuple[str, int], int],
+                                                           dict[int, int]]:
+        """Read every dead-letter partition after ``covered``; returns the source marks
+        found there, and the end offsets (minus one) of partitions with no position yet.
+        Raises SinkError when the topic cannot be read."""
+        ...
 
 
 @dataclass

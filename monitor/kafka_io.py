@@ -7,6 +7,7 @@ kafka-python unchanged and never logged.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,12 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
 
-from monitor.deadletter import dead_letter_headers
+from monitor.deadletter import (
+    HEADER_OFFSET,
+    HEADER_PARTITION,
+    HEADER_TOPIC,
+    dead_letter_headers,
+)
 from monitor.errors import RecordError, SinkError, SourceError
 from monitor.settings import KafkaSettings
 from monitor.sources import Message, RebalanceHook
@@ -28,6 +34,8 @@ log = logging.getLogger("driftline.kafka")
 #: default message limit is 1 MiB, and a poison 10 MB payload must still be recorded.
 DEAD_LETTER_MAX_VALUE = 512 * 1024
 COMMIT_TIMEOUT_MS = 5_000
+#: How long a restart may take to read back the dead letters written since the last store.
+RECOVER_TIMEOUT_S = 60.0
 
 
 def _security(settings: KafkaSettings) -> dict[str, Any]:
@@ -174,6 +182,8 @@ class KafkaDeadLetter:
         self._producer = producer or KafkaProducer(**_client_config(settings, {
             "acks": "all", "linger_ms": 5, **dict(settings.producer)}))
         self._sent: list[tuple[Message, RecordError, Any]] = []
+        self._settings = settings
+        self._acked: dict[int, int] = {}  # dead-letter partition -> highest acked offset
 
     def send(self, msg: Message, error: RecordError) -> None:
         value = msg.value or b""
@@ -194,17 +204,79 @@ class KafkaDeadLetter:
         failed = []
         for msg, error, future in self._sent:
             try:
-                future.get(timeout=0)
+                meta = future.get(timeout=0)
             except KafkaError:
                 failed.append((msg, error))
+                continue
+            self._acked[meta.partition] = max(self._acked.get(meta.partition, -1), meta.offset)
         self._sent.clear()
         for msg, error in failed:  # send again; the pipeline retries the flush
             self.send(msg, error)
         if failed:
             raise SinkError(f"{len(failed)} dead-letter sends to '{self.topic}' failed")
 
+    def positions(self) -> dict[int, int]:
+        return dict(self._acked)
+
+    def recover(self, covered: Mapping[int, int]) -> tuple[dict[TopicPartition, int],
+                                                           dict[int, int]]:
+        marks: dict[TopicPartition, int] = {}
+        baselines: dict[int, int] = {}
+        try:
+            consumer = KafkaConsumer(**_client_config(self._settings, {
+                "enable_auto_commit": False, **dict(self._settings.consumer),
+                "group_id": None}))
+        except KafkaError as exc:
+            raise SinkError(f"cannot read dead-letter topic '{self.topic}': {exc}") from exc
+        try:
+            parts = consumer.partitions_for_topic(self.topic) or set()
+            tps = [KafkaTP(self.topic, p) for p in sorted(parts)]
+            if not tps:
+                return marks, baselines
+            ends = consumer.end_offsets(tps)
+            todo: dict[KafkaTP, int] = {}  # partition -> end offset to read up to
+            for tp in tps:
+                if tp.partition not in covered:  # never stored: what is there is not ours
+                    baselines[tp.partition] = ends[tp] - 1
+                elif covered[tp.partition] + 1 < ends[tp]:
+                    todo[tp] = ends[tp]
+            if not todo:
+                return marks, baselines
+            consumer.assign(list(todo))
+            for tp in todo:
+                consumer.seek(tp, covered[tp.partition] + 1)
+            deadline = time.monotonic() + RECOVER_TIMEOUT_S
+            while todo:
+                for records in consumer.poll(timeout_ms=500).values():
+                    for r in records:
+                        source = _source_of(r.headers or ())
+                        if source is not None:
+                            key, offset = source
+                            marks[key] = max(marks.get(key, -1), offset)
+                for tp in [tp for tp, end in todo.items() if consumer.position(tp) >= end]:
+                    del todo[tp]
+                if todo and time.monotonic() > deadline:
+                    raise SinkError(f"dead-letter topic '{self.topic}': not read to its end "
+                                    f"within {RECOVER_TIMEOUT_S:.0f}s while recovering")
+        except KafkaError as exc:
+            raise SinkError(f"cannot read dead-letter topic '{self.topic}': {exc}") from exc
+        finally:
+            consumer.close()
+        return marks, baselines
+
     def close(self) -> None:
         self._producer.close(timeout=10)
+
+
+def _source_of(headers: Iterable[tuple[str, bytes | None]]
+               ) -> tuple[TopicPartition, int] | None:
+    """The source coordinates a dead letter's headers name (None if they are missing)."""
+    h = {k: v or b"" for k, v in headers}
+    try:
+        topic = h[HEADER_TOPIC].decode()
+        return (topic, int(h[HEADER_PARTITION])), int(h[HEADER_OFFSET])
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None
 
 
 def produce(bootstrap_servers: str, topic: str, values: Iterable[tuple[bytes | None, bytes]],

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from monitor.checkpoint import Checkpoint
-from monitor.deadletter import DeadLetter
+from monitor.deadletter import DeadLetter, RecoverableDeadLetter
 from monitor.delivery import Delivery, RetryPolicy
 from monitor.errors import RecordError, SourceError
 from monitor.health import Health
@@ -87,6 +87,8 @@ class DeadLetterMarks(Protocol):
     """Where dead-letter marks are stored (the SQL store), in the reports' transaction."""
 
     def write_dead_letter_marks(self, marks: Mapping[TopicPartition, int]) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class Pipeline:
@@ -338,7 +340,23 @@ class Pipeline:
         if self._restore is None:
             return
         state = self._restore()
-        self.checkpoint.restore(state.offsets, state.dead_letter_marks)
+        marks = dict(state.dead_letter_marks)
+        if isinstance(self.dead_letter, RecoverableDeadLetter) and self._marks_store is not None:
+            # Dead letters flushed after the last stored marks (a crash in between) are on
+            # the topic already: read them back rather than send them twice.
+            dl_topic = self.dead_letter.topic
+            covered = {p: o for (t, p), o in marks.items() if t == dl_topic}
+            found, baselines = self.dead_letter.recover(covered)
+            for tp, o in found.items():
+                marks[tp] = max(marks.get(tp, -1), o)
+            if baselines:  # a dead-letter partition seen for the first time: start here
+                self._marks_store.write_dead_letter_marks(
+                    {(dl_topic, p): o for p, o in baselines.items()})
+                self._marks_store.flush()
+            if found:
+                log.info("dead letters written before the last stop but not yet recorded: "
+                         "%d source partition(s) recovered from '%s'", len(found), dl_topic)
+        self.checkpoint.restore(state.offsets, marks)
         for name, model in self.models.items():
             for stream, s in model.streams():
                 s.windows = s.new_windows(state.last_window.get((stream, name)))
@@ -357,6 +375,11 @@ class Pipeline:
         # Runs after the dead-letter flush succeeded: every mark's record is on the topic.
         assert self._marks_store is not None
         self._marks_pending = self.checkpoint.dead_letter_marks_to_store()
+        if isinstance(self.dead_letter, RecoverableDeadLetter):
+            # how far the dead-letter topic is covered by these marks (see recover())
+            topic = self.dead_letter.topic
+            self._marks_pending.update(
+                self.checkpoint.position_marks_to_store(topic, self.dead_letter.positions()))
         if self._marks_pending:
             self._marks_store.write_dead_letter_marks(self._marks_pending)
         return bool(self._marks_pending)
