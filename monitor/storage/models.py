@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
 )
@@ -85,6 +86,9 @@ class PredictionRow(Base):
     request_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     prediction: Mapped[Any] = mapped_column(JSON)
     timestamp: Mapped[float] = mapped_column(Float, index=True)
+    # For models with `retrain` (revision 0003): what the training capture needs at join time.
+    features: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    raw_input: Mapped[Any] = mapped_column(JSON, nullable=True)
 
 
 class DetectorStateRow(Base):
@@ -143,3 +147,64 @@ def open_engine(url: str) -> Engine:
 def safe_url(engine: Engine) -> str:
     """The engine's URL for messages, password hidden."""
     return engine.url.render_as_string(hide_password=True)
+
+
+class RetrainRequestRow(Base):
+    """One drift incident of a model and what is done about it (revision 0003).
+
+    The natural key (model, action, first_stream, first_window) makes the decision an
+    insert-if-absent: a replay or a second daemon deciding the same incident finds the row.
+    """
+
+    __tablename__ = "driftline_retrain_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the idempotency key
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    action: Mapped[str] = mapped_column(String(20))  # retrain | recalibrate | collect
+    first_stream: Mapped[str] = mapped_column(String(20))  # the incident's first window
+    first_window: Mapped[int] = mapped_column(BigInteger)
+    first_event_time: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    decided_stream: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    decided_window: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    decided_event_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    labelled: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # wall clock
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)  # wall clock
+    backend: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    external_id: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("model", "action", "first_stream", "first_window",
+                                       name="uq_driftline_retrain_incident"),)
+
+
+class RetrainEventRow(Base):
+    """Every state transition of a request, with its time and reason (the audit trail)."""
+
+    __tablename__ = "driftline_retrain_events"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    from_state: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(20))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class CaptureRow(Base):
+    """A joined (features, prediction, label) record kept for retraining (revision 0003)."""
+
+    __tablename__ = "driftline_training_capture"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    event_time: Mapped[float] = mapped_column(Float, index=True)  # the label's event time
+    window_index: Mapped[int] = mapped_column(BigInteger, index=True)  # its label window
+    features: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prediction: Mapped[Any] = mapped_column(JSON)
+    label: Mapped[Any] = mapped_column(JSON)
+    raw_input: Mapped[Any] = mapped_column(JSON, nullable=True)

@@ -148,8 +148,8 @@ def ok_report(index: int, *, model: str = "credit-risk") -> WindowReport:
 def check_legacy_database_is_adopted(url: str) -> None:
     make_legacy_database(url)
     with store_at(url) as store:
-        assert store.migrate() == head_revision() == "0002"
-        assert version_rows(url) == ["0002"]
+        assert store.migrate() == head_revision() == "0003"
+        assert version_rows(url) == ["0003"]
         assert schema_diff(url) == []
         # Every 0.1.0 row is still there and readable, through the new reader ...
         reader = store.reader
@@ -183,8 +183,8 @@ def check_legacy_database_is_adopted(url: str) -> None:
         assert reader.window_results("credit-risk", first=2)[0].results == ()
         assert store.dead_letter_marks() == {("logs", 0): 41}
     with store_at(url) as store:  # a second start: nothing to do, nothing changes
-        assert store.migrate() == "0002"
-        assert version_rows(url) == ["0002"]
+        assert store.migrate() == "0003"
+        assert version_rows(url) == ["0003"]
         assert len(store.reader.windows(None)) == 3
         assert store.dead_letter_marks() == {("logs", 0): 41}
 
@@ -209,16 +209,18 @@ def check_failed_migration_changes_nothing(url: str) -> None:
 def check_empty_database_reaches_head(url: str) -> None:
     with store_at(url) as store:
         assert store.reader.engine is store.engine
-        assert store.migrate() == "0002"
-        assert store.migrate() == "0002"
+        assert store.migrate() == "0003"
+        assert store.migrate() == "0003"
         store.create_schema()  # the old name still works
-    assert version_rows(url) == ["0002"]
+    assert version_rows(url) == ["0003"]
     engine = create_engine(url)
     try:
         tables = set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
-    assert tables == LEGACY_TABLES | {"driftline_deadletter_marks", VERSION_TABLE}
+    assert tables == LEGACY_TABLES | {"driftline_deadletter_marks", VERSION_TABLE,
+                                      "driftline_retrain_requests", "driftline_retrain_events",
+                                      "driftline_training_capture"}
 
 
 def check_models_match_migrations(url: str) -> None:
@@ -226,9 +228,9 @@ def check_models_match_migrations(url: str) -> None:
     engine = create_engine(url)
     try:
         with engine.begin() as conn:
-            assert upgrade(conn) == (None, "0002")
+            assert upgrade(conn) == (None, "0003")
         with engine.connect() as conn:
-            assert current_revision(conn) == "0002"
+            assert current_revision(conn) == "0003"
     finally:
         engine.dispose()
     assert schema_diff(url) == []
@@ -350,11 +352,11 @@ def check_cli_upgrades_and_reports_the_revision(url: str, tmp_path: Path,
     assert main(["db", "current", "--config", str(config)]) == 0
     assert capsys.readouterr().out.startswith("none (no driftline tables")
     assert main(["db", "upgrade", "--config", str(config)]) == 0
-    assert "upgraded from revision none to 0002" in capsys.readouterr().out
+    assert "upgraded from revision none to 0003" in capsys.readouterr().out
     assert main(["db", "upgrade", "--config", str(config)]) == 0
-    assert "already at revision 0002" in capsys.readouterr().out
+    assert "already at revision 0003" in capsys.readouterr().out
     assert main(["db", "current", "--config", str(config)]) == 0
-    assert capsys.readouterr().out == "0002 (head)\n"
+    assert capsys.readouterr().out == "0003 (head)\n"
 
 
 def settings_file(tmp_path: Path, url: str) -> Path:
@@ -425,7 +427,7 @@ def test_cli_db_current_on_a_legacy_database(sqlite_url: str, tmp_path: Path,
     assert main(["db", "current", "--config", str(config)]) == 0
     assert "tables of driftline 0.1.0, not versioned yet" in capsys.readouterr().out
     assert main(["db", "upgrade", "--config", str(config)]) == 0
-    assert "upgraded from revision none to 0002" in capsys.readouterr().out
+    assert "upgraded from revision none to 0003" in capsys.readouterr().out
 
 
 def test_unreachable_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -76,8 +76,8 @@ def test_replicas_migrating_together_both_succeed(postgres_url: str, legacy: boo
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert outcomes == ["0002"] * n
-    assert checks.version_rows(postgres_url) == ["0002"]
+    assert outcomes == ["0003"] * n
+    assert checks.version_rows(postgres_url) == ["0003"]
     assert checks.schema_diff(postgres_url) == []
     if legacy:
         with checks.store_at(postgres_url) as store:
