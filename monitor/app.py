@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -14,12 +15,16 @@ from monitor.deadletter import DeadLetter
 from monitor.errors import SinkError
 from monitor.factory import build_models
 from monitor.health import serve
-from monitor.label_join import LabelJoin
+from monitor.label_join import Joined, LabelJoin
 from monitor.metrics import Metrics
 from monitor.pipeline import Pipeline, StoredState
 from monitor.report import WindowReport
+from monitor.retrain.backends import build_backend, describe
+from monitor.retrain.decider import RetrainDecider
+from monitor.retrain.dispatcher import Dispatcher
+from monitor.retrain.store import DecisionBuffer, RetrainStore
 from monitor.schema import Decoder, TimeBounds
-from monitor.settings import Settings
+from monitor.settings import RetrainSettings, Settings
 from monitor.sinks import PrometheusSink, Sink
 from monitor.sources import Source
 from monitor.storage import SqlStore
@@ -38,8 +43,11 @@ class Daemon:
     metrics_port: int | None = None
     _server: Any = None
     stop: threading.Event = field(default_factory=threading.Event)
+    dispatcher: Dispatcher | None = None
 
     def run(self, *, until_exhausted: bool = False) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.start()
         try:
             self.pipeline.run(self.stop, until_exhausted=until_exhausted)
         finally:
@@ -47,6 +55,8 @@ class Daemon:
             self.close()
 
     def close(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         for closer in (self.pipeline.close, self.pipeline.source.close,
                        self.pipeline.dead_letter.close, self.store.close):
             try:
@@ -68,6 +78,8 @@ def build_daemon(
     serve_metrics: bool = True,
     on_report: Callable[[WindowReport], None] | None = None,
     stop: threading.Event | None = None,
+    config_path: Path | None = None,
+    retrain_backends: Mapping[str, Any] | None = None,
 ) -> Daemon:
     """Wire the daemon. ``source``/``dead_letter`` default to Kafka from the settings."""
     metrics = metrics or Metrics()
@@ -103,6 +115,7 @@ def build_daemon(
     metrics.prime(((name, [d for _n, s in state.streams() for d in s.evaluator.detector_names])
                    for name, state in models.items()),
                   sinks=[*(s.name for s in sinks), "dead_letter"])
+    retraining = {m.name: m.retrain for m in settings.models if m.retrain is not None}
     pipeline = Pipeline(
         source=source, decoder=Decoder(
             schemas, settings.limits.max_record_bytes,
@@ -110,11 +123,15 @@ def build_daemon(
         models=models, sinks=sinks, dead_letter=dead_letter, metrics=metrics,
         restore=restore, prepare=prepare, marks_store=store, on_report=on_report,
         labels_topic=settings.source.kafka.labels_topic,
-        join=LabelJoin(store, {m.name: m.labels for m in settings.models if m.labels})
+        join=LabelJoin(store, {m.name: m.labels for m in settings.models if m.labels},
+                       capture=frozenset(retraining))
         if any(m.labels for m in settings.models) else None,
         poll_timeout_s=settings.source.kafka.poll_timeout_ms / 1000,
     )
     daemon = Daemon(settings, pipeline, store, metrics, stop=stop or threading.Event())
+    if retraining:
+        daemon.dispatcher = _retraining(settings, pipeline, store, metrics, retraining,
+                                        config_path, retrain_backends)
     if serve_metrics:
         server, _thread = serve(metrics, pipeline.health, settings.metrics.address,
                                 settings.metrics.port)
@@ -123,6 +140,32 @@ def build_daemon(
         log.info("serving /metrics, /healthz, /readyz on %s:%d", settings.metrics.address,
                  daemon.metrics_port)
     return daemon
+
+
+def _retraining(settings: Settings, pipeline: Pipeline, store: SqlStore, metrics: Metrics,
+                retraining: Mapping[str, RetrainSettings], config_path: Path | None,
+                backends: Mapping[str, Any] | None) -> Dispatcher:
+    """The retraining policy in the results' transaction, and the dispatcher thread."""
+    retrain_store = RetrainStore(store.engine)
+    buffer = DecisionBuffer()
+    store.join_transaction(buffer)
+    decider = RetrainDecider(retraining, retrain_store, buffer, metrics)
+    pipeline.restore_hooks.append(decider.restore)
+    pipeline.delivery.before_sinks(lambda: decider.on_reports(pipeline.delivery.reports))
+
+    def capture(pair: Joined, window_index: int) -> None:
+        decider.capture(pair.model, pair.request_id, pair.timestamp, window_index,
+                        pair.features, pair.y_pred, pair.y_true, pair.raw_input)
+
+    pipeline.on_joined = capture
+    made = dict(backends or {})
+    for model, cfg in retraining.items():
+        if model not in made:
+            made[model] = build_backend(cfg.action, kafka=settings.source.kafka,
+                                        config_path=config_path)
+        log.info("model %s: retraining requests go to %s", model, describe(cfg.action))
+    return Dispatcher(retrain_store, made, {m: c.action for m, c in retraining.items()},
+                      metrics, capture={m: c.capture for m, c in retraining.items()})
 
 
 def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:

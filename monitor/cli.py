@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or settings.log_level)
     stop = threading.Event()
     install_signal_handlers(stop)  # before connecting: start-up may wait on Kafka
-    daemon = build_daemon(settings, stop=stop)
+    daemon = build_daemon(settings, stop=stop, config_path=Path(args.config).resolve())
     if stop.is_set():
         daemon.close()
         return 0
@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         act = db_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         act.add_argument("--config", required=True, help="settings YAML file (storage.url)")
     db.set_defaults(fn=cmd_db)
+    from monitor.retrain.cli import register as register_retrain
+
+    register_retrain(sub)
     return p
 
 

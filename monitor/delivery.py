@@ -75,6 +75,11 @@ class Delivery:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def reports(self) -> list[WindowReport]:
+        """The reports waiting for the sinks (read by ``before_sinks`` hooks)."""
+        return list(self._pending)
+
     def deliver(self, stop: threading.Event) -> bool:
         """Every step, then the reports; False if asked to stop while something failed."""
         for name, flush in self._steps:

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,10 +43,16 @@ class Joined:
     y_true: float | str
     y_pred: float | str
     timestamp: float  # the label's event time
+    # For models with a training capture: the record as predicted (else None).
+    features: Mapping[str, Any] | None = None
+    raw_input: Any = None
 
 
 class PredictionStore(Protocol):
-    def write_predictions(self, rows: list[tuple[str, str, Any, float]]) -> None: ...
+    def write_predictions(self, rows: Sequence[tuple[Any, ...]]) -> None: ...
+
+    def prediction_details(self, keys: Sequence[tuple[str, str]]
+                           ) -> dict[tuple[str, str], tuple[Any, Any]]: ...
 
     def flush_predictions(self) -> None: ...
 
@@ -85,12 +91,17 @@ class LabelJoin:
     """
 
     def __init__(self, store: PredictionStore, settings: Mapping[str, LabelSettings],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 capture: frozenset[str] = frozenset()) -> None:
+        """``capture``: models whose predictions keep their features and input, so joined
+        records can be captured for retraining."""
         self.store = store
         self.settings = dict(settings)
         self.horizon = max((s.horizon_seconds for s in settings.values()), default=0.0)
         self.max_waiting = sum(s.max_waiting for s in settings.values())
-        self._unflushed: dict[tuple[str, str], tuple[Any, float]] = {}  # (model, rid)
+        self.capture = capture
+        # (model, rid) -> (prediction, time, features, input)
+        self._unflushed: dict[tuple[str, str], tuple[Any, float, Any, Any]] = {}
         self._waiting: OrderedDict[WaitKey, tuple[LabelRecord, Message]] = OrderedDict()
         self._watermark = -math.inf
         self.outcomes: Counter[str] = Counter()
@@ -98,21 +109,32 @@ class LabelJoin:
         self._clock = clock
 
     def add_prediction(self, model: str, request_id: str, prediction: Scalar,
-                       timestamp: float) -> None:
-        self._unflushed[(model, request_id)] = (prediction, timestamp)
+                       timestamp: float, features: Mapping[str, Any] | None = None,
+                       raw_input: Any = None) -> None:
+        keep = model in self.capture
+        self._unflushed[(model, request_id)] = (
+            prediction, timestamp, dict(features) if keep and features is not None else None,
+            raw_input if keep else None)
         self._watermark = max(self._watermark, timestamp)
 
     def add_label(self, label: LabelRecord, msg: Message) -> None:
         self._waiting[(label.request_id, label.model)] = (label, msg)
         self._watermark = max(self._watermark, label.timestamp)
 
-    def _candidates(self) -> dict[str, dict[str, tuple[Any, float]]]:
-        """request id -> model -> (prediction, time), for every waiting label's request."""
+    def _candidates(self) -> dict[str, dict[str, tuple[Any, float, Any, Any]]]:
+        """request id -> model -> (prediction, time, features, input), for every waiting
+        label's request."""
         rids = {rid for rid, _model in self._waiting}
-        found: dict[str, dict[str, tuple[Any, float]]] = {}
+        found: dict[str, dict[str, tuple[Any, float, Any, Any]]] = {}
         for rid, rows in self.store.lookup_predictions(sorted(rids)).items():
             for model, prediction, ts in rows:
-                found.setdefault(rid, {})[model] = (prediction, ts)
+                found.setdefault(rid, {})[model] = (prediction, ts, None, None)
+        stored = [(m, rid) for rid, models in found.items() for m in models
+                  if m in self.capture]
+        if stored:
+            for key, (features, raw) in self.store.prediction_details(stored).items():
+                p, ts, _f, _r = found[key[1]][key[0]]
+                found[key[1]][key[0]] = (p, ts, features, raw)
         for (model, rid), value in self._unflushed.items():
             if rid in rids:
                 found.setdefault(rid, {})[model] = value
@@ -134,14 +156,15 @@ class LabelJoin:
             label, msg = self._waiting.pop(key)
             problems = []
             for model in sorted(predictions):
-                prediction, ts = predictions[model]
+                prediction, ts, features, raw = predictions[model]
                 cfg = self.settings[model]
                 if label.timestamp - ts > cfg.horizon_seconds:
                     self.outcomes["late"] += 1
                     continue
                 try:
                     pair = Joined(model, rid, as_target(label.label, cfg.task),
-                                  as_target(prediction, cfg.task), label.timestamp)
+                                  as_target(prediction, cfg.task), label.timestamp,
+                                  features, raw)
                 except ValueError as exc:
                     self.outcomes["invalid"] += 1
                     problems.append(f"model '{model}': {exc}")
@@ -168,7 +191,8 @@ class LabelJoin:
         """Store this batch's predictions; raises SinkError (the pipeline retries)."""
         if self._unflushed:
             self.store.write_predictions(
-                [(m, rid, p, ts) for (m, rid), (p, ts) in self._unflushed.items()])
+                [(m, rid, p, ts, f, raw) if m in self.capture else (m, rid, p, ts)
+                 for (m, rid), (p, ts, f, raw) in self._unflushed.items()])
             self.store.flush_predictions()
             self._unflushed.clear()
         now = time.monotonic()

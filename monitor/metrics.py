@@ -142,6 +142,33 @@ class Metrics:
             "driftline_labels_waiting",
             "Labels waiting for their prediction to arrive (bounded).", registry=r,
         )
+        self.retrain_requests = Counter(
+            "driftline_retrain_requests_total",
+            "Retraining requests by model, action and outcome (queued, pending_approval, "
+            "collected, dispatched, succeeded, failed, rejected, cancelled).",
+            ["model", "action", "outcome"], registry=r,
+        )
+        self.retrain_in_flight = Gauge(
+            "driftline_retrain_in_flight",
+            "Requests of the model waiting for approval, queued, dispatched or running.",
+            ["model"], registry=r,
+        )
+        self.retrain_dispatch_errors = Counter(
+            "driftline_retrain_dispatch_errors_total",
+            "Failed attempts to hand a request to its backend (retried with back-off).",
+            ["model", "backend"], registry=r,
+        )
+        self.retrain_decision_delay = Histogram(
+            "driftline_retrain_decision_delay_seconds",
+            "Event time from an incident's first drifted window to its request.", ["model"],
+            buckets=(60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86_400, 3 * 86_400, 7 * 86_400),
+            registry=r,
+        )
+        self.retrain_dispatch_delay = Histogram(
+            "driftline_retrain_dispatch_delay_seconds",
+            "Wall-clock time from a request being queued to its backend accepting it.",
+            ["model"], buckets=_BUCKETS, registry=r,
+        )
         self.sink_errors = Counter(
             "driftline_sink_errors_total", "Sink flushes that failed (offsets not committed).",
             ["sink"], registry=r,

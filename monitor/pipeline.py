@@ -33,7 +33,7 @@ from monitor.deadletter import DeadLetter, RecoverableDeadLetter
 from monitor.delivery import Delivery, RetryPolicy
 from monitor.errors import RecordError, SourceError
 from monitor.health import Health
-from monitor.label_join import LabelJoin
+from monitor.label_join import Joined, LabelJoin
 from monitor.metrics import Metrics
 from monitor.report import WindowReport
 from monitor.schema import Decoder
@@ -144,6 +144,9 @@ class Pipeline:
         # Partitions the group gave this process (None: a source without a group, which
         # owns everything). Metrics export only the models read from these.
         self.assignment: set[TopicPartition] | None = None
+        # Also run on every restore (start, rebalance): components with stored state.
+        self.restore_hooks: list[Callable[[], None]] = []
+        self.on_joined: Callable[[Joined, int], None] | None = None
         self.rejected: Counter[str] = Counter()
         self.skipped_replayed = 0
         self._stop = threading.Event()  # the running loop's stop event
@@ -223,7 +226,7 @@ class Pipeline:
             state = self.models[record.model]
             if state.labels is not None and self.join is not None:
                 self.join.add_prediction(record.model, record.request_id, record.prediction,
-                                         record.timestamp)
+                                         record.timestamp, record.features, record.raw_input)
             if self.checkpoint.is_stored("features", record.model, tp, msg.offset):
                 self.skipped_replayed += 1  # already inside a stored window: replay after crash
                 return []
@@ -258,7 +261,10 @@ class Pipeline:
                 self.join.outcomes["replayed"] += 1  # already in a stored label window
                 continue
             self.join.outcomes["joined"] += 1
-            closed.extend(self._stream(pair.model, "labels").windows.add(pair, tp, msg.offset))
+            windows = self._stream(pair.model, "labels").windows
+            if self.on_joined is not None and isinstance(windows, CountWindows):
+                self.on_joined(pair, windows.open_index)  # the training capture
+            closed.extend(windows.add(pair, tp, msg.offset))
         for outcome, n in (self.join.outcomes - before).items():
             self.metrics.labels.labels(outcome=outcome).inc(n)
         self.metrics.labels_waiting.set(self.join.waiting)
@@ -357,6 +363,8 @@ class Pipeline:
                 log.info("dead letters written before the last stop but not yet recorded: "
                          "%d source partition(s) recovered from '%s'", len(found), dl_topic)
         self.checkpoint.restore(state.offsets, marks)
+        for hook in self.restore_hooks:
+            hook()
         for name, model in self.models.items():
             for stream, s in model.streams():
                 s.windows = s.new_windows(state.last_window.get((stream, name)))

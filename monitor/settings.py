@@ -241,6 +241,80 @@ class PredictionDriftSettings(_Strict):
         return self
 
 
+Action = Literal["retrain", "recalibrate", "collect", "none"]
+
+
+class RetrainActions(_Strict):
+    """What each kind of drift leads to."""
+
+    concept: Action = Field(default="retrain", description="The labels stream drifted "
+                            "(performance test or a streaming detector).")
+    label_shift: Action = Field(default="recalibrate", description="Label-shift weights "
+                                "significant while performance has not drifted.")
+    covariate: Action = Field(default="collect", description="Feature, prediction or "
+                              "embedding drift alone: open an incident, capture labels.")
+
+
+class Debounce(_Strict):
+    k: int = Field(default=2, ge=1)
+    n: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> Debounce:
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
+        return self
+
+
+class BackendSettings(_Strict):
+    """Where a retraining request is sent (``kind``), and how."""
+
+    kind: Literal["builtin", "command", "webhook", "kafka"]
+    command: tuple[str, ...] | None = Field(
+        default=None, description="command: argv; the request is JSON on stdin and in "
+        "DRIFTLINE_REQUEST_* environment variables.")
+    nproc: int = Field(default=1, ge=1, description="builtin: processes (torchrun when > 1).")
+    url: str | None = Field(default=None, pattern=r"^https?://",
+                            description="webhook: the endpoint (http:// or https://).")
+    secret_file: Path | None = Field(default=None, description="webhook: HMAC-SHA256 key.")
+    topic: str | None = Field(default=None, description="kafka: CloudEvents topic.")
+    timeout_seconds: float = Field(default=30, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_seconds: float = Field(default=5, gt=0)
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> BackendSettings:
+        need = {"command": "command", "webhook": "url", "kafka": "topic"}.get(self.kind)
+        if need and getattr(self, need) is None:
+            raise ValueError(f"kind '{self.kind}' needs '{need}'")
+        if self.kind == "webhook" and self.secret_file is not None \
+                and not os.access(self.secret_file, os.R_OK):
+            raise ValueError(f"secret_file: cannot read {self.secret_file}")
+        return self
+
+
+class CaptureSettings(_Strict):
+    max_rows: int = Field(default=200_000, gt=0, description="Per model; oldest dropped first.")
+    retention_seconds: float = Field(default=30 * 86_400, gt=0,
+                                     description="In event time, behind the newest record.")
+
+
+class RetrainSettings(_Strict):
+    """When drift leads to a retraining request, with guard-rails (event time, windows)."""
+
+    actions: RetrainActions = Field(default_factory=RetrainActions)
+    debounce: Debounce = Field(default_factory=Debounce)
+    min_labelled: int = Field(default=2_000, ge=0, description="Joined labels since the "
+                              "incident opened before retrain/recalibrate is requested.")
+    cooldown_windows: int = Field(default=10, ge=0, description="Windows (of the stream that "
+                                  "decided) after a request before the next one.")
+    max_per_day: int = Field(default=3, ge=1, description="Requests per model per 24 h of "
+                             "event time.")
+    approval: Literal["auto", "manual"] = "auto"
+    action: BackendSettings
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
+
+
 class ModelSettings(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     version: str | None = None
@@ -254,6 +328,7 @@ class ModelSettings(_Strict):
     labels: LabelSettings | None = None
     embedding: EmbeddingSettings | None = None
     prediction_drift: PredictionDriftSettings | None = None
+    retrain: RetrainSettings | None = None
 
     @field_validator("features")
     @classmethod

@@ -60,6 +60,11 @@ class CountWindows:
         self.size = size
         self._open = OpenWindow(next_index, math.inf, -math.inf)
 
+    @property
+    def open_index(self) -> int:
+        """The index of the window the next record goes into."""
+        return self._open.index
+
     def add(self, record: Timestamped, tp: TopicPartition, offset: int) -> list[ClosedWindow]:
         w = self._open
         w.add(record, tp, offset)

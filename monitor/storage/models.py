@@ -161,6 +161,7 @@ class RetrainRequestRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the idempotency key
     model: Mapped[str] = mapped_column(String(200), index=True)
     action: Mapped[str] = mapped_column(String(20))  # retrain | recalibrate | collect
+    kind: Mapped[str] = mapped_column(String(20))  # concept | label_shift | covariate
     first_stream: Mapped[str] = mapped_column(String(20))  # the incident's first window
     first_window: Mapped[int] = mapped_column(BigInteger)
     first_event_time: Mapped[float] = mapped_column(Float)

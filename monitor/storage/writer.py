@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -64,6 +64,18 @@ def _upsert(session: Session, row_cls: type[Base], values: dict[str, Any],
     session.execute(ins.on_conflict_do_update(index_elements=keys, set_=update))
 
 
+class TransactionPart(Protocol):
+    """Rows another component buffers for the store's next transaction."""
+
+    def pending(self) -> bool: ...
+
+    def write(self, session: Session) -> None: ...
+
+    def written(self) -> None:
+        """The transaction committed: forget what was written."""
+        ...
+
+
 class SqlStore:
     """Stores window reports; also a :class:`~monitor.sinks.Sink` (buffer, then one txn)."""
 
@@ -74,8 +86,14 @@ class SqlStore:
         self._sessions = sessionmaker(self.engine)
         self._reader = StorageReader(self.engine)
         self._pending: list[WindowReport] = []
-        self._predictions: list[tuple[str, str, Any, float]] = []
+        self._predictions: list[tuple[Any, ...]] = []
         self._marks: dict[tuple[str, int], int] = {}
+        self._joined: list[TransactionPart] = []
+
+    def join_transaction(self, part: TransactionPart) -> None:
+        """Have ``part`` write its buffered rows inside every :meth:`flush` transaction (the
+        retraining decisions and capture are stored atomically with the window results)."""
+        self._joined.append(part)
 
     def migrate(self) -> str | None:
         """Bring the schema to the head revision (a 0.1.0 database is adopted first); safe
@@ -97,13 +115,16 @@ class SqlStore:
             self._marks[key] = max(offset, self._marks.get(key, offset))
 
     def flush(self) -> None:
-        if not self._pending and not self._marks:
+        parts = [p for p in self._joined if p.pending()]
+        if not self._pending and not self._marks and not parts:
             return
         marks = dict(self._marks)
         try:
             with self._sessions.begin() as session:
                 for report in self._pending:
                     self._store(session, report)
+                for part in parts:
+                    part.write(session)
                 for (topic, partition), offset in sorted(marks.items()):
                     _upsert(session, DeadLetterMarkRow,
                             {"topic": topic, "partition": partition, "max_offset": offset},
@@ -111,6 +132,8 @@ class SqlStore:
         except SQLAlchemyError as exc:
             raise SinkError(f"SQL write failed: {exc.__class__.__name__}: {exc}") from exc
         else:
+            for part in parts:
+                part.written()
             # Marks stay buffered until a flush stores them (only those it stored leave).
             for key, offset in marks.items():
                 if self._marks.get(key) == offset:
@@ -200,9 +223,30 @@ class SqlStore:
                 from exc
 
     # -- predictions awaiting delayed labels ---------------------------------------------
-    def write_predictions(self, rows: list[tuple[str, str, Any, float]]) -> None:
-        """Buffer (model, request_id, prediction, timestamp); stored with the next flush."""
+    def write_predictions(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Buffer (model, request_id, prediction, timestamp[, features, raw_input]); stored
+        with the next flush. Features and input are kept for models with a training capture."""
         self._predictions.extend(rows)
+
+    def prediction_details(self, keys: Sequence[tuple[str, str]]
+                           ) -> dict[tuple[str, str], tuple[Any, Any]]:
+        """(model, request_id) -> (features, raw_input) stored with those predictions."""
+        out: dict[tuple[str, str], tuple[Any, Any]] = {}
+        by_model: dict[str, list[str]] = {}
+        for model, rid in keys:
+            by_model.setdefault(model, []).append(rid)
+        try:
+            with self._sessions() as s:
+                for model, rids in by_model.items():
+                    for i in range(0, len(rids), 1000):
+                        stmt = select(PredictionRow).where(
+                            PredictionRow.model == model,
+                            PredictionRow.request_id.in_(rids[i:i + 1000]))
+                        for r in s.execute(stmt).scalars():
+                            out[(model, r.request_id)] = (r.features, r.raw_input)
+        except SQLAlchemyError as exc:
+            raise SinkError(f"prediction lookup failed: {exc.__class__.__name__}: {exc}") from exc
+        return out
 
     def lookup_predictions(self, request_ids: list[str]
                            ) -> dict[str, list[tuple[str, Any, float]]]:
@@ -227,8 +271,9 @@ class SqlStore:
         """Store the buffered predictions in one transaction (idempotent: replays rewrite)."""
         if not self._predictions:
             return
-        rows = [{"model": m, "request_id": rid, "prediction": p, "timestamp": ts}
-                for m, rid, p, ts in self._predictions]
+        rows = [{"model": r[0], "request_id": r[1], "prediction": r[2], "timestamp": r[3],
+                 "features": r[4] if len(r) > 4 else None,
+                 "raw_input": r[5] if len(r) > 5 else None} for r in self._predictions]
         dialect = self.engine.dialect.name
         ins: Any = (postgresql.insert(PredictionRow) if dialect == "postgresql"
                     else sqlite.insert(PredictionRow))

@@ -4,11 +4,11 @@
   topic; the daemon is SIGKILLed 4 times and SIGTERMed 3 times at seeded random points while it
   consumes. Every hostile record must reach the dead-letter topic exactly once (before the fix
   restarts re-sent the ones after the oldest open window: 891 duplicates after 4 kills).
-* Outage: PostgreSQL is stopped while one daemon runs; a second daemon is started into the
-  same group during the outage (before the fix it exited 2 with "cannot create tables", and the
-  rebalance made the first exit 2 with "cannot read stored offsets"). Both must stay up,
-  report the reason on /readyz, and resume within seconds of the database's return, with every
-  window stored once.
+* Outage: PostgreSQL is stopped while two daemons share a group; one leaves, so the other's
+  partitions move and it must reload stored state (before the fix it exited 2 with "cannot
+  read stored offsets"), and a third starts during the outage (before the fix it exited 2
+  with "cannot create tables"). Both must stay up, report the reason on /readyz, and resume
+  within seconds of the database's return, with every window stored once.
 
 Run with `-s` to see the figures.
 """
@@ -153,37 +153,45 @@ def test_database_outage_during_start_up_and_rebalance_stops_no_daemon(
     common = dict(bootstrap=bootstrap, topic=topic, db_url=db, streams=streams, window=WINDOW)
     a = DaemonProc(tmp_path / "a", group="outage-group", **common)
     b = DaemonProc(tmp_path / "b", group="outage-group", **common)
-    with a, b:
+    c = DaemonProc(tmp_path / "c", group="outage-group", **common)
+    with a, b, c:
         a.start()
+        b.start()
         a.wait_for_windows(full_windows(counts, WINDOW) // 2, 120)
         try:
             postgres_server.stop()
             t_down = time.monotonic()
-            produce_streams(bootstrap, topic, streams, counts, start=3_000)
-            b.start()  # starts during the outage and joins: partitions move under a too
-            b.wait_for(lambda: b.http_status("/readyz") == 503, 30, "b's /readyz to say 503")
-            _status, body = b.http_get("/readyz")
+            # b leaves: a's partitions move and it must reload stored state from storage
+            before = a.log_text().count("partitions assigned")
+            assert b.terminate() == 0, b.log_tail()
+            a.wait_for(lambda: a.log_text().count("partitions assigned") > before, 60,
+                       "a's rebalance after b left")
+            a.wait_for(lambda: a.http_status("/readyz") == 503, 30, "a's /readyz to say 503")
+            # c starts during the outage: it must wait for the database, not exit
+            c.start()
+            c.wait_for(lambda: c.http_status("/readyz") == 503, 30, "c's /readyz to say 503")
+            _status, body = c.http_get("/readyz")
             assert json.loads(body)["storage_ok"] is False
-            assert json.loads(body)["storage_error"]
-            a.wait_for(lambda: "partitions revoked" in a.log_text(), 60, "a's rebalance")
+            assert "sql" in json.loads(body)["storage_error"]
             while time.monotonic() - t_down < 12:
                 assert a.alive, a.log_tail()
-                assert b.alive, b.log_tail()
+                assert c.alive, c.log_tail()
                 time.sleep(0.5)
         finally:
             if not postgres_server.running:
                 postgres_server.start()
         t_up = time.monotonic()
-        for d in (a, b):
+        for d in (a, c):
             d.wait_for(lambda d=d: d.http_status("/readyz") == 200, 30, "/readyz 200 again")
         resumed = time.monotonic() - t_up
+        produce_streams(bootstrap, topic, streams, counts, start=3_000)
         a.wait_for_windows(full_windows(counts, WINDOW), 120)
         assert a.terminate() == 0, a.log_tail()
-        assert b.terminate() == 0, b.log_tail()
+        assert c.terminate() == 0, c.log_tail()
         rows = a.results()
-        assert a.starts == b.starts == 1
-    print(f"\n[rebalance outage] PostgreSQL down {t_up - t_down:.1f}s while b started and "
-          f"joined; both ready {resumed:.1f}s after it was back")
+        assert a.starts == b.starts == c.starts == 1
+    print(f"\n[rebalance outage] PostgreSQL down {t_up - t_down:.1f}s while b left (a "
+          f"rebalanced) and c started; both ready {resumed:.1f}s after it was back")
     assert resumed < 10
     comparable(rows)  # every window once
     assert len({(r["model"], r["window_index"]) for r in rows}) == full_windows(counts, WINDOW)

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(64), nullable=False),
         sa.Column("model", sa.String(200), nullable=False),
         sa.Column("action", sa.String(20), nullable=False),
+        sa.Column("kind", sa.String(20), nullable=False),
         sa.Column("first_stream", sa.String(20), nullable=False),
         sa.Column("first_window", sa.BigInteger(), nullable=False),
         sa.Column("first_event_time", sa.Float(), nullable=False),
