@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 
-
 def _store(args: argparse.Namespace) -> Any:
     from monitor.retrain.store import RetrainStore
     from monitor.settings import load_settings
