@@ -50,13 +50,13 @@ class RetrainDecider:
         """Rebuild every model's history from storage (raises SinkError; callers retry)."""
         self.histories, self._seen = {}, {}
         for model, rules in self.rules.items():
-            windows, requests = self.store.history(model, rules.n)
-            h = ModelHistory(rules.n, requests=list(requests))
-            for stream, index, start, end, n, verdicts in windows:
-                kinds = classify(stream, [_Verdict(d, f) for d, f in verdicts])  # type: ignore[misc]
-                h.add(Window(stream, index, start, end, n, kinds))
+            stored, requests = self.store.history(model, rules.n)
+            windows = []
+            for stream, index, start, end, n, verdicts in stored:
+                kinds = classify(stream, [_Verdict(d, f) for d, f in verdicts])
+                windows.append(Window(stream, index, start, end, n, kinds))
                 self._seen[(model, stream)] = max(self._seen.get((model, stream), -1), index)
-            self.histories[model] = h
+            self.histories[model] = ModelHistory.rebuild(rules.n, windows, requests)
 
     def on_reports(self, reports: Sequence[WindowReport]) -> bool:
         """Decide on the reports about to be stored; True if anything was buffered."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from detectors.results import DriftResult
 
@@ -39,7 +40,15 @@ TERMINAL = frozenset({"succeeded", "failed", "rejected", "cancelled", "collected
 _CONCEPT_DETECTORS = frozenset({"performance", "ddm", "adwin", "page_hinkley"})
 
 
-def classify(stream: str, results: Iterable[DriftResult]) -> frozenset[str]:
+class Verdict(Protocol):
+    @property
+    def detector(self) -> str: ...
+
+    @property
+    def drifted(self) -> bool: ...
+
+
+def classify(stream: str, results: Iterable[Verdict | DriftResult]) -> frozenset[str]:
     """The drift kinds one window's results show."""
     kinds: set[str] = set()
     for r in results:
@@ -109,17 +118,52 @@ class Decision:
 
 @dataclass
 class ModelHistory:
-    """The stored facts the decisions depend on, for one model (rebuilt on restart)."""
+    """The stored facts the decisions depend on, for one model (rebuilt on restart).
+
+    ``quiet`` counts, per drift kind, the windows in a row (of that kind's stream) that did
+    not show it: an episode of drift is over after ``n`` of them, and only then may a new
+    incident of that kind open (a long drift is one incident, not one every k windows).
+    """
 
     n: int
     recent: dict[str, deque[Window]] = field(default_factory=dict)
     label_windows: list[Window] = field(default_factory=list)  # since the oldest open incident
     requests: list[Request] = field(default_factory=list)
+    quiet: dict[str, int] = field(default_factory=dict)
+    ended: dict[str, bool] = field(default_factory=dict)
 
     def add(self, w: Window) -> None:
         self.recent.setdefault(w.stream, deque(maxlen=self.n)).append(w)
         if w.stream == "labels":
             self.label_windows.append(w)
+            if not any(r.state == "open" for r in self.requests):
+                del self.label_windows[:-self.n]  # a new incident starts within the last n
+        for kind, stream in _STREAM_OF.items():
+            if stream != w.stream:
+                continue
+            self.quiet[kind] = 0 if kind in w.kinds else self.quiet.get(kind, 0) + 1
+            if self.quiet[kind] >= self.n:
+                self.ended[kind] = True
+
+    def opened(self, kind: str) -> None:
+        self.ended[kind] = False
+        self.quiet[kind] = 0
+
+    @classmethod
+    def rebuild(cls, n: int, windows: Sequence[Window], requests: Sequence[Request]
+                ) -> ModelHistory:
+        """The history as it was after ``windows`` (oldest first; every window of a stream
+        since its latest incident's first window, at least its last ``n``)."""
+        h = cls(n, requests=list(requests))
+        latest: dict[str, int] = {}
+        for r in requests:
+            latest[r.kind] = max(latest.get(r.kind, -1), r.first_window)
+        for w in windows:
+            h.add(w)
+            for kind, first in latest.items():
+                if _STREAM_OF[kind] == w.stream and w.index == first:
+                    h.opened(kind)
+        return h
 
     def labelled_since(self, event_time: float) -> int:
         return sum(w.n_records for w in self.label_windows if w.end >= event_time)
@@ -148,10 +192,11 @@ def decide(rules: Rules, h: ModelHistory, w: Window) -> list[Decision]:
                                 "allowed a request"))
             incident = None
         if incident is None:
-            if len(flagged) < rules.k:
-                continue
+            if len(flagged) < rules.k or not h.ended.get(kind, True):
+                continue  # not (yet) drifting, or still the episode of the last incident
             first = flagged[0]
             incident = Request("", action, kind, first.stream, first.index, first.start, "new")
+            h.opened(kind)
         elif incident.state != "open":
             continue  # requested already (or collected): one request per incident
         out.extend(_advance(rules, h, w, incident))
@@ -203,11 +248,7 @@ def _open_incident(h: ModelHistory, action: str, kind: str) -> tuple[Request | N
     if not live:
         return None, False
     inc = live[-1]
-    recent = list(h.recent.get(_STREAM_OF[kind], ()))
-    quiet = (inc.state == "open" and len(recent) == h.n
-             and all(kind not in x.kinds for x in recent)
-             and recent[0].index > inc.first_window)
-    return inc, quiet
+    return inc, inc.state == "open" and h.ended.get(kind, False)
 
 
 def _concept_now(h: ModelHistory) -> bool:

@@ -232,6 +232,13 @@ class RetrainStore:
                                      .where(WindowRow.model == model, WindowRow.stream == stream)
                                      .order_by(WindowRow.window_index.desc()).limit(n)).scalars()
                     windows.update({(w.stream, w.window_index): w for w in rows})
+                    # and every window since the stream's latest incident (its episode)
+                    firsts = [r.first_window for r in reqs if r.first_stream == stream]
+                    if firsts:
+                        rows = s.execute(select(WindowRow).where(
+                            WindowRow.model == model, WindowRow.stream == stream,
+                            WindowRow.window_index >= max(firsts))).scalars()
+                        windows.update({(w.stream, w.window_index): w for w in rows})
                 if live:
                     rows = s.execute(select(WindowRow).where(
                         WindowRow.model == model, WindowRow.stream == "labels",

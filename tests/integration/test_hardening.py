@@ -157,6 +157,7 @@ def test_database_outage_during_start_up_and_rebalance_stops_no_daemon(
     with a, b, c:
         a.start()
         b.start()
+        b.wait_for(lambda: "partitions assigned" in b.log_text(), 60, "b to join the group")
         a.wait_for_windows(full_windows(counts, WINDOW) // 2, 120)
         try:
             postgres_server.stop()
