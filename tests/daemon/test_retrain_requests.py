@@ -10,17 +10,15 @@ and captures labelled data but starts no training; `approval: manual` parks the 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from services.webhook import Receiver
 
 from monitor.app import build_daemon
 from monitor.cli import main
@@ -35,49 +33,6 @@ from .test_labels import ListSource, labelled, messages
 STREAM = SyntheticStream(seed=4)
 N = 4000
 SECRET = b"s3cret-not-in-logs"
-
-
-class Receiver:
-    """A webhook endpoint on loopback that checks the HMAC signature of every delivery."""
-
-    def __init__(self, secret: bytes, fail_first: int = 0) -> None:
-        self.deliveries: list[dict[str, Any]] = []
-        self.bad_signatures = 0
-        self.fail_first = fail_first
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                sig = dict(p.split("=", 1) for p in self.headers["X-Driftline-Signature"]
-                           .split(","))
-                want = hmac.new(secret, sig["t"].encode() + b"." + body,
-                                hashlib.sha256).hexdigest()
-                if not hmac.compare_digest(want, sig["v1"]):
-                    receiver.bad_signatures += 1
-                    self.send_response(401)
-                elif receiver.fail_first > 0:
-                    receiver.fail_first -= 1
-                    self.send_response(500)
-                else:
-                    receiver.deliveries.append({"key": self.headers["Idempotency-Key"],
-                                                **json.loads(body)})
-                    self.send_response(201)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(json.dumps({"run_id": f"run-{len(receiver.deliveries)}"})
-                                 .encode())
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/retrain"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -160,7 +160,9 @@ class DaemonProc:
 
     def __init__(self, workdir: Path, *, bootstrap: str, topic: str, db_url: str,
                  streams: Sequence[SyntheticStream], window: int, group: str | None = None,
-                 consumer: Mapping[str, Any] | None = None, log_level: str = "INFO") -> None:
+                 consumer: Mapping[str, Any] | None = None, log_level: str = "INFO",
+                 model_extra: Mapping[str, Any] | None = None,
+                 kafka_extra: Mapping[str, Any] | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bootstrap, self.topic, self.db_url = bootstrap, topic, db_url
@@ -174,12 +176,12 @@ class DaemonProc:
         for s in streams:
             ref = s.write_reference_csv(self.workdir / f"reference-{s.model}.csv",
                                         REFERENCE_ROWS)
-            models.append(s.settings_doc(ref, window))
+            models.append({**s.settings_doc(ref, window), **dict(model_extra or {})})
         self.config_path.write_text(yaml.safe_dump({
             "source": {"kafka": {
                 "bootstrap_servers": bootstrap, "topics": [topic], "group_id": self.group,
                 "dead_letter_topic": f"{self.group}-dead-letter", "poll_timeout_ms": 200,
-                "consumer": {**FAST_GROUP, **dict(consumer or {})}}},
+                "consumer": {**FAST_GROUP, **dict(consumer or {})}, **dict(kafka_extra or {})}},
             "metrics": {"address": "127.0.0.1", "port": self.port},
             "storage": {"url": db_url},
             "log_level": log_level,
