@@ -5,6 +5,11 @@ The records are JSON-encoded before timing; the in-process source hands them ove
 would (raw bytes with offsets), so this measures driftline itself, not the broker.
 
     python benchmarks/bench_ingest.py [--records 200000] [--repeat 3]
+
+The last two rows give the model delayed labels (none arrive, so every prediction is stored
+for the join), then also a retraining policy (its decisions run on every window inside the
+results' transaction; the dispatcher thread polls the requests table meanwhile): their ratio
+is the policy's overhead on ingest, measured side by side in one run.
 """
 
 from __future__ import annotations
@@ -43,18 +48,30 @@ def main() -> None:
     best = min(_time(lambda: [decoder.decode(v) for v in values]) for _ in range(args.repeat))
     rows.append(("decode + validate only", args.records / best))
 
-    for label, db in (("full pipeline, SQLite sink", "sqlite"),):
+    variants = (("full pipeline, SQLite sink", {}),
+                ("+ delayed labels", {"labels": True}),
+                ("+ labels + retrain policy", {"labels": True, "retrain": True}))
+    for label, extra in variants:
         times = []
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as tmp:
                 ref = stream.write_reference_csv(Path(tmp) / "ref.csv", 10_000)
-                settings = parse_settings({
-                    "storage": {"url": f"sqlite:///{tmp}/{db}.db"},
-                    "models": [stream.settings_doc(ref, args.window)],
-                }, env={})
+                model = stream.settings_doc(ref, args.window)
+                doc: dict = {"storage": {"url": f"sqlite:///{tmp}/ingest.db"}}
+                if extra.get("labels"):
+                    lab = Path(tmp) / "labels.csv"
+                    lab.write_text("label,prediction\n" + "".join(
+                        f"{i % 2},{(i // 3) % 2}\n" for i in range(2000)))
+                    model["labels"] = {"reference": {"path": str(lab)}}
+                    doc["source"] = {"kafka": {"labels_topic": "labels"}}
+                if extra.get("retrain"):
+                    model["retrain"] = {"action": {"kind": "command", "command": ["true"]}}
+                settings = parse_settings({**doc, "models": [model]}, env={})
                 daemon = build_daemon(settings, source=MemorySource(values, batch_size=5000),
                                       dead_letter=MemoryDeadLetter(), serve_metrics=False,
                                       metrics=Metrics(CollectorRegistry()))
+                if daemon.dispatcher is not None:
+                    daemon.dispatcher.start()
                 t = _time(lambda d=daemon: d.pipeline.run(threading.Event(),
                                                           until_exhausted=True))
                 assert len(daemon.store.results()) == 2 * (args.records // args.window)
@@ -70,6 +87,9 @@ def main() -> None:
     print(f"|{'-' * 32}|{'-' * 12}|")
     for label, rate in rows:
         print(f"| {label:<30} | {rate:>10,.0f} |")
+    by = dict(rows)
+    ratio = by["+ labels + retrain policy"] / by["+ delayed labels"]
+    print(f"# with the retrain policy: {ratio:.3f} x the throughput with labels alone")
 
 
 def _time(fn) -> float:  # type: ignore[no-untyped-def]

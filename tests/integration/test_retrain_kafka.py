@@ -101,14 +101,11 @@ def test_one_request_per_incident_through_kills(
                 lo = max(0, start - LAG)
                 produce(bootstrap, labels_topic, iter(labels[lo:start + 1000 - LAG]))
             produce(bootstrap, labels_topic, iter(labels[N - LAG:]))
-            for _ in range(5):
-                joined = rng.randint(2_500, 5_800)  # around the decision (~3,750) and after
-                d.wait_for(lambda j=joined: (d.metric("driftline_labels_total",
-                                                      outcome="joined") or 0) >= j
-                           or (d.metric("driftline_retrain_in_flight") is not None and j > 5500),
-                           120, f"{joined} labels joined", interval=0.05)
-                time.sleep(rng.uniform(0, 0.4))
-                kills.append(int(d.metric("driftline_labels_total", outcome="joined") or 0))
+            for target in sorted(rng.sample(range(12, 24), 5)):  # around the decision and after
+                d.wait_for(lambda t=target: label_windows(d) >= t, 120,
+                           f"{target} label windows stored", interval=0.05)
+                time.sleep(rng.uniform(0, 0.3))
+                kills.append(label_windows(d))
                 d.kill()
                 d.start()
             store = RetrainStore(d.store.engine)
