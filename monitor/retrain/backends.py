@@ -13,7 +13,9 @@ offset) or raises :class:`BackendError` with a reason that holds no secret.
   ``X-Driftline-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`` when a secret is
   configured; 2xx and 409 (already exists) are success.
 * ``kafka``: a CloudEvents 1.0 JSON message (structured mode) keyed by the model, with the
-  request id in the ``ce_id`` header, on a configured topic.
+  request id in the ``ce_id`` header, on a configured topic. The topic's end offsets are
+  stored with the request before the send, so a re-send after a crash between the send and
+  its record finds the event there instead of writing a second one.
 """
 
 from __future__ import annotations
@@ -164,8 +166,61 @@ class KafkaBackend:
         assert cfg.topic is not None
         self.topic = cfg.topic
         self.timeout = cfg.timeout_seconds
+        self._client = lambda extra: _client_config(kafka, extra)
         self._producer = KafkaProducer(**_client_config(kafka, {
             "acks": "all", "enable_idempotence": True, **dict(kafka.producer)}))
+
+    def position(self) -> str:
+        """The topic's end offsets now, recorded before a send: a re-send after a crash
+        first looks for the request's event from there (see :meth:`find`)."""
+        from kafka import KafkaConsumer
+        from kafka.structs import TopicPartition
+
+        consumer = KafkaConsumer(**self._client({"enable_auto_commit": False,
+                                                 "group_id": None}))
+        try:
+            parts = sorted(consumer.partitions_for_topic(self.topic) or {0})
+            ends = consumer.end_offsets([TopicPartition(self.topic, p) for p in parts])
+            return json.dumps({str(tp.partition): off for tp, off in ends.items()})
+        except Exception as exc:  # kafka-python's errors
+            raise BackendError(f"kafka topic '{self.topic}' unreadable: "
+                               f"{type(exc).__name__}") from None
+        finally:
+            consumer.close()
+
+    def find(self, request: Mapping[str, Any], position: str) -> str | None:
+        """Where the event of ``request`` is on the topic after ``position`` (None: absent)."""
+        from kafka import KafkaConsumer
+        from kafka.structs import TopicPartition
+
+        start = {int(p): int(o) for p, o in json.loads(position).items()}
+        want = str(request["id"]).encode()
+        consumer = KafkaConsumer(**self._client({"enable_auto_commit": False,
+                                                 "group_id": None}))
+        try:
+            tps = [TopicPartition(self.topic, p) for p in start]
+            consumer.assign(tps)
+            ends = consumer.end_offsets(tps)
+            todo = {tp for tp in tps if start[tp.partition] < ends[tp]}
+            for tp in todo:
+                consumer.seek(tp, start[tp.partition])
+            deadline = time.monotonic() + self.timeout
+            while todo and time.monotonic() < deadline:
+                for tp, records in consumer.poll(timeout_ms=500).items():
+                    for r in records:
+                        if dict(r.headers or ()).get("ce_id") == want:
+                            return f"{self.topic}/{tp.partition}/{r.offset}"
+                todo = {tp for tp in todo if consumer.position(tp) < ends[tp]}
+            if todo:
+                raise BackendError(f"kafka topic '{self.topic}' not read to its end")
+            return None
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"kafka topic '{self.topic}' unreadable: "
+                               f"{type(exc).__name__}") from None
+        finally:
+            consumer.close()
 
     def submit(self, request: Mapping[str, Any]) -> str:
         event = cloud_event(request)

@@ -32,6 +32,7 @@ from monitor.storage.models import RetrainRequestRow
 log = logging.getLogger("driftline.retrain")
 
 LEASE_S = 60.0
+PENDING = "pending:"  # external_id of a request being sent: where to look after a crash
 IN_FLIGHT = ("pending_approval", "queued", "dispatched", "running")
 
 
@@ -117,7 +118,7 @@ class Dispatcher:
                    "created_at": row.created_at.astimezone(UTC).isoformat()
                    if row.created_at else None}
         try:
-            external = backend.submit(request)
+            external = self._submit_once(backend, row, request)
         except BackendError as exc:
             self._failed_attempt(row, cfg, str(exc))
             return False
@@ -141,6 +142,26 @@ class Dispatcher:
         log.info("model %s: retraining request %s dispatched to %s (%s)", row.model, row.id,
                  backend.kind, external)
         return True
+
+    def _submit_once(self, backend: Backend, row: RetrainRequestRow,
+                     request: dict[str, Any]) -> str:
+        """Submit, unless a backend that can look (Kafka) already holds this request."""
+        position = getattr(backend, "position", None)
+        find = getattr(backend, "find", None)
+        if position is None or find is None:
+            return backend.submit(request)
+        pending = row.external_id or ""
+        if pending.startswith(PENDING):
+            found = find(request, pending[len(PENDING):])
+            if found is not None:
+                log.info("model %s: request %s was already sent before a restart (%s)",
+                         row.model, row.id, found)
+                return str(found)
+        else:  # record where the topic ended before sending, in its own transaction
+            with self._sessions.begin() as s:
+                s.execute(update(RetrainRequestRow).where(RetrainRequestRow.id == row.id)
+                          .values(external_id=PENDING + position()))
+        return backend.submit(request)
 
     def _failed_attempt(self, row: RetrainRequestRow, cfg: BackendSettings,
                         reason: str) -> None:
