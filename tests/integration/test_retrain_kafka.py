@@ -95,19 +95,22 @@ def test_one_request_per_incident_through_kills(
     try:
         with d:
             d.start()
-            # predictions first, labels LAG records behind, in chunks, while it consumes
-            for start in range(0, N, 1000):
+            # predictions first, labels LAG records behind, chunk by chunk while it consumes;
+            # kills after chunks 2-5, two of them around the decision (label window ~15)
+            kill_after = [2, 3, 4, 4, 5]
+            for c, start in enumerate(range(0, N, 1000)):
                 produce(bootstrap, topic, iter(preds[start:start + 1000]))
                 lo = max(0, start - LAG)
                 produce(bootstrap, labels_topic, iter(labels[lo:start + 1000 - LAG]))
+                for _ in range(kill_after.count(c)):
+                    target = (start + 1000 - LAG) // LABEL_WINDOW - 1
+                    d.wait_for(lambda t=target: label_windows(d) >= t, 120,
+                               f"{target} label windows stored", interval=0.05)
+                    time.sleep(rng.uniform(0, 0.5))
+                    kills.append(label_windows(d))
+                    d.kill()
+                    d.start()
             produce(bootstrap, labels_topic, iter(labels[N - LAG:]))
-            for target in sorted(rng.sample(range(12, 24), 5)):  # around the decision and after
-                d.wait_for(lambda t=target: label_windows(d) >= t, 120,
-                           f"{target} label windows stored", interval=0.05)
-                time.sleep(rng.uniform(0, 0.3))
-                kills.append(label_windows(d))
-                d.kill()
-                d.start()
             store = RetrainStore(d.store.engine)
             d.wait_for(lambda: any(r.state == "dispatched" for r in store.requests()), 180,
                        "the request to be dispatched")
