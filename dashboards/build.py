@@ -353,6 +353,35 @@ def _panels() -> list[dict[str, Any]]:
                      "inputs (batched, on the configured device).",
                      [target(emb_q(0.5), "p50 {{model}}"),
                       target(emb_q(0.95), "p95 {{model}}")], unit="s"), 12, 8)
+
+    g.row("Retraining")
+    g.add(stat("Requests in flight", "Retraining requests of each model waiting for approval, "
+               "queued, dispatched or running (at most one per model).",
+               [target(f"sum by (model) (driftline_retrain_in_flight{{{M}}})", "{{model}}"),
+                target(f"sum by (model) (driftline_retrain_pending_approval{{{M}}})",
+                       "{{model}} awaiting approval")],
+               steps=thresholds(("green", None), ("orange", 1))), 6, 8)
+    g.add(timeseries("Retraining requests by outcome", "Requests as they move: queued (or "
+                     "pending_approval with approval: manual), dispatched to the backend, "
+                     "failed after every attempt; collected: an incident of covariate drift "
+                     "recorded without training.",
+                     [target(f"sum by (model, outcome) (increase("
+                             f"driftline_retrain_requests_total{{{M}}}{RATE}))",
+                             "{{model}} {{outcome}}")]), 10, 8)
+    g.add(timeseries("Dispatch errors", "Failed attempts to hand a request to its backend "
+                     "(retried with back-off; the request fails after max_attempts).",
+                     [target(f"sum by (model, backend) (increase("
+                             f"driftline_retrain_dispatch_errors_total{{{M}}}{RATE}))",
+                             "{{model}} {{backend}}")]), 8, 8)
+    g.add(timeseries("Time to request / to dispatch (p95)", "Event time from an incident's "
+                     "first drifted window to its request, and wall-clock time from queued "
+                     "to accepted by the backend.",
+                     [target("histogram_quantile(0.95, sum by (le, model) (rate("
+                             f"driftline_retrain_decision_delay_seconds_bucket{{{M}}}[1d])))",
+                             "to request {{model}}"),
+                      target("histogram_quantile(0.95, sum by (le, model) (rate("
+                             f"driftline_retrain_dispatch_delay_seconds_bucket{{{M}}}[1d])))",
+                             "to dispatch {{model}}")], unit="s"), 24, 8)
     return g.panels
 
 
@@ -395,7 +424,14 @@ def dashboard() -> dict[str, Any]:
         "annotations": {"list": [{
             "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
             "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
-            "name": "Annotations & Alerts", "type": "dashboard"}]},
+            "name": "Annotations & Alerts", "type": "dashboard"}, {
+            "datasource": DATASOURCE, "enable": True, "hide": False,
+            "iconColor": "rgba(255, 152, 48, 1)", "name": "Retraining requests",
+            "expr": f"sum by (model, outcome) (changes("
+                    f"driftline_retrain_requests_total{{{M}}}[2m])) > 0",
+            "step": "1m", "titleFormat": "retraining {{outcome}}",
+            "textFormat": "model {{model}}: a request became {{outcome}}",
+            "useValueForTime": False}]},
         "templating": _templating(),
         "panels": _panels(),
     }
@@ -467,7 +503,8 @@ def rule_expressions(text: str | None = None) -> list[tuple[str, str]]:
 
 
 def all_queries() -> list[tuple[str, str]]:
-    """``(where, promql)`` for every dashboard target, variable query and alert rule."""
+    """``(where, promql)`` for every dashboard target, variable query, annotation query and
+    alert rule."""
     out: list[tuple[str, str]] = []
     board = dashboard()
     for var in board["templating"]["list"]:
@@ -480,6 +517,9 @@ def all_queries() -> list[tuple[str, str]]:
         for t in panel.get("targets", []):
             where = f"panel {panel['id']} '{panel['title']}' target {t['refId']}"
             out.append((where, substitute(t["expr"])))
+    for ann in board["annotations"]["list"]:
+        if "expr" in ann:  # events only: empty while nothing happens, but it must parse
+            out.append((f"annotation '{ann['name']}'", substitute(ann["expr"])))
     for name, expr in rule_expressions():
         out.append((f"rule {name}", expr))
     return out

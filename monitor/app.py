@@ -114,7 +114,11 @@ def build_daemon(
     sinks: list[Sink] = [store, PrometheusSink(metrics, owned=lambda: pipeline.assignment)]
     metrics.prime(((name, [d for _n, s in state.streams() for d in s.evaluator.detector_names])
                    for name, state in models.items()),
-                  sinks=[*(s.name for s in sinks), "dead_letter"])
+                  sinks=[*(s.name for s in sinks), "dead_letter"],
+                  retrain=[(m.name, m.retrain.action.kind,
+                            sorted({a for a in m.retrain.actions.model_dump().values()
+                                    if a != "none"}))
+                           for m in settings.models if m.retrain is not None])
     retraining = {m.name: m.retrain for m in settings.models if m.retrain is not None}
     pipeline = Pipeline(
         source=source, decoder=Decoder(

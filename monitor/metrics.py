@@ -44,6 +44,10 @@ REJECT_REASONS: tuple[str, ...] = (
 #: Join outcomes of delayed labels (the ``outcome`` label of ``driftline_labels_total``).
 LABEL_OUTCOMES: tuple[str, ...] = ("joined", "late", "orphan", "invalid", "replayed")
 
+#: Outcomes counted by ``driftline_retrain_requests_total``.
+RETRAIN_OUTCOMES: tuple[str, ...] = ("queued", "pending_approval", "collected", "dispatched",
+                                     "failed")
+
 #: Pipeline stages timed by ``driftline_stage_duration_seconds``.
 STAGES: tuple[str, ...] = ("poll", "decode", "detect", "sink", "commit")
 
@@ -153,6 +157,10 @@ class Metrics:
             "Requests of the model waiting for approval, queued, dispatched or running.",
             ["model"], registry=r,
         )
+        self.retrain_pending_approval = Gauge(
+            "driftline_retrain_pending_approval",
+            "Requests of the model waiting for an operator's approval.", ["model"], registry=r,
+        )
         self.retrain_dispatch_errors = Counter(
             "driftline_retrain_dispatch_errors_total",
             "Failed attempts to hand a request to its backend (retried with back-off).",
@@ -175,8 +183,20 @@ class Metrics:
         )
 
     def prime(self, models: Iterable[tuple[str, Iterable[str]]],
-              sinks: Iterable[str] = ()) -> None:
-        """Create every labelled series up front so dashboards show zeros, not gaps."""
+              sinks: Iterable[str] = (),
+              retrain: Iterable[tuple[str, str, Iterable[str]]] = ()) -> None:
+        """Create every labelled series up front so dashboards show zeros, not gaps.
+
+        ``retrain``: (model, backend kind, actions) of the models with a retraining policy."""
+        for model, backend, actions in retrain:
+            for action in actions:
+                for outcome in RETRAIN_OUTCOMES:
+                    self.retrain_requests.labels(model=model, action=action, outcome=outcome)
+            self.retrain_in_flight.labels(model=model).set(0)
+            self.retrain_pending_approval.labels(model=model).set(0)
+            self.retrain_dispatch_errors.labels(model=model, backend=backend)
+            self.retrain_decision_delay.labels(model=model)
+            self.retrain_dispatch_delay.labels(model=model)
         for sink in sinks:
             self.sink_errors.labels(sink=sink)
         for reason in REJECT_REASONS:

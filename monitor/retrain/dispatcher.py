@@ -193,8 +193,11 @@ class Dispatcher:
 
     def _export_in_flight(self) -> None:
         counts = {m: 0 for m in self.backends}
+        waiting = {m: 0 for m in self.backends}
         for r in self.store.requests():
             if r.state in IN_FLIGHT and r.model in counts:
                 counts[r.model] += 1
+                waiting[r.model] += r.state == "pending_approval"
         for model, n in counts.items():
             self.metrics.retrain_in_flight.labels(model=model).set(n)
+            self.metrics.retrain_pending_approval.labels(model=model).set(waiting[model])
