@@ -11,6 +11,7 @@ naming the incident's first label window and its labelled count; the backend got
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -67,10 +68,13 @@ def label_windows(d: DaemonProc) -> int:
                                 .where(WindowRow.stream == "labels")).scalar_one())
 
 
-@pytest.mark.parametrize("backend", ["webhook", "kafka"])
+@pytest.mark.parametrize(("backend", "members"), [("webhook", 1), ("kafka", 1),
+                                                  ("webhook", 2)])
 def test_one_request_per_incident_through_kills(
         kafka_broker, kafka_topic, fresh_db, tmp_path: Path,
-        backend: str) -> None:  # type: ignore[no-untyped-def]
+        backend: str, members: int) -> None:  # type: ignore[no-untyped-def]
+    """With ``members`` = 2, two daemons share the consumer group and the database: each kill
+    hands the partitions to the other (the second daemon decides after a rebalance)."""
     (stream,) = make_streams(1, partitions=1)
     topic, labels_topic, events_topic = kafka_topic(1), kafka_topic(1), kafka_topic(1)
     bootstrap = kafka_broker.bootstrap
@@ -85,16 +89,21 @@ def test_one_request_per_incident_through_kills(
              "labels": {"reference": {"path": str(label_reference(tmp_path / "lab.csv"))},
                         "window_size": LABEL_WINDOW, "horizon_seconds": 1e6},
              "retrain": {"action": action, "min_labelled": 500, "cooldown_windows": 4}}
-    d = DaemonProc(tmp_path / "d", bootstrap=bootstrap, topic=topic, db_url=fresh_db("rt"),
-                   streams=[stream], window=1000, model_extra=extra,
-                   kafka_extra={"labels_topic": labels_topic})
+    db = fresh_db("rt")
+    procs = [DaemonProc(tmp_path / f"d{k}", bootstrap=bootstrap, topic=topic, db_url=db,
+                        streams=[stream], window=1000, model_extra=extra,
+                        kafka_extra={"labels_topic": labels_topic}, group=f"{topic}-g")
+             for k in range(members)]
+    d = procs[0]
     preds, labels = workload(stream)
     rng = random.Random(77)
     kills = []
     t0 = time.monotonic()
     try:
-        with d:
-            d.start()
+        with contextlib.ExitStack() as stack:
+            for p in procs:
+                stack.enter_context(p)
+                p.start()
             # predictions first, labels LAG records behind, chunk by chunk while it consumes;
             # kills after chunks 2-5, two of them around the decision (label window ~15)
             kill_after = [2, 3, 4, 4, 5]
@@ -108,8 +117,9 @@ def test_one_request_per_incident_through_kills(
                                f"{target} label windows stored", interval=0.05)
                     time.sleep(rng.uniform(0, 0.5))
                     kills.append(label_windows(d))
-                    d.kill()
-                    d.start()
+                    victim = procs[len(kills) % members]  # alternate between the members
+                    victim.kill()
+                    victim.start()
             produce(bootstrap, labels_topic, iter(labels[N - LAG:]))
             store = RetrainStore(d.store.engine)
             d.wait_for(lambda: any(r.state == "dispatched" for r in store.requests()), 180,
@@ -118,7 +128,8 @@ def test_one_request_per_incident_through_kills(
                                     if r["detector"] == "ks"}) >= N // 1000, 120,
                        "every feature window")
             time.sleep(2.0)  # a second dispatch would come within the dispatcher's rounds
-            assert d.terminate() == 0, d.log_tail()
+            for p in procs:
+                assert p.terminate() == 0, p.log_tail()
             requests = store.requests()
             labels_rows = d.store.results(stream="labels")
     finally:
@@ -142,7 +153,8 @@ def test_one_request_per_incident_through_kills(
         c.seek_to_beginning(tp)
         runs = [dict(m.headers)["ce_id"].decode() for m in c]
         c.close()
-    print(f"\n[retrain/{backend}] {N:,} predictions + labels, drift at record {DRIFT_AT:,} "
+    print(f"\n[retrain/{backend}, {members} daemon(s)] {N:,} predictions + labels, drift at "
+          f"record {DRIFT_AT:,} "
           f"(label window {drift_window}); request {r.id} for incident from label window "
           f"{r.first_window}, decided at window {r.decided_window} after {r.labelled} "
           f"labelled records, state {r.state}; kills at stored label windows {kills}; "
