@@ -145,6 +145,36 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from monitor.htmlreport import build_report
+    from monitor.storage import StorageReader
+    from monitor.storage.models import open_engine
+
+    _setup_logging("WARNING")
+    if args.db:
+        url = args.db
+    elif args.config:
+        from monitor.settings import load_settings
+
+        url = load_settings(args.config).storage.url
+    else:
+        raise ConfigError("say where the results are: --db URL or --config FILE")
+    engine = open_engine(url)  # ConfigError for a bad URL or a missing driver: exit 2
+    where = engine.url.render_as_string(hide_password=True)
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:") \
+            and not Path(str(engine.url.database)).is_file():
+        raise ConfigError(f"{where}: no such database file")
+    with StorageReader(engine) as reader:
+        page = build_report(reader, model=args.model, first=args.first, last=args.last,
+                            source=where)
+    engine.dispose()
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    print(f"wrote {out} ({len(page) // 1024} KiB): open it in a browser, no network needed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftline", description=(
         "Drift-detection daemon: consumes inference logs from Kafka, tests each model's "
@@ -192,6 +222,29 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--key-by-model", action="store_true",
                       help="use the model name as the message key (one partition per model)")
     prod.set_defaults(fn=cmd_produce)
+
+    rep = sub.add_parser(
+        "report", help="write an HTML drift report from the stored results",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write one self-contained HTML file (no network needed to open it): "
+        "per model a timeline of windows with each detector's verdict and p-values or "
+        "distances over time, and feature by feature the reference against the window "
+        "with raw and corrected p-values, thresholds and what drove each verdict.",
+        epilog="example: driftline report --db sqlite:///driftline-demo/driftline.db "
+        "--output report.html")
+    rep_src = rep.add_mutually_exclusive_group()
+    rep_src.add_argument("--db", metavar="URL", default=None,
+                         help="SQLAlchemy URL of the results database")
+    rep_src.add_argument("--config", metavar="FILE", default=None,
+                         help="settings YAML file whose storage.url to read")
+    rep.add_argument("--model", default=None, help="only this model (default: every model)")
+    rep.add_argument("--first", type=int, default=None, metavar="N",
+                     help="first window index (inclusive; default: the first stored)")
+    rep.add_argument("--last", type=int, default=None, metavar="N",
+                     help="last window index (inclusive; default: the last stored)")
+    rep.add_argument("--output", "-o", default="driftline-report.html", metavar="FILE",
+                     help="where to write the HTML file")
+    rep.set_defaults(fn=cmd_report)
 
     db = sub.add_parser("db", help="database schema: upgrade, current revision",
                         description="Manage the SQL schema (Alembic migrations shipped with "
