@@ -44,7 +44,8 @@ DASHBOARD_JSON = GRAFANA / "dashboards" / "driftline-overview.json"
 METRICS_PY = ROOT / "monitor" / "metrics.py"
 
 ALERTS = {"DriftlineDown", "DriftlineDriftDetected", "DriftlineHighRejectRate",
-          "DriftlineStalled", "DriftlineNotCommitting", "DriftlineSinkErrors"}
+          "DriftlineStalled", "DriftlineNotCommitting", "DriftlineSinkErrors",
+          "DriftlineEventTimeBehind", "DriftlineKafkaUnreachable", "DriftlineDatabaseFailing"}
 SERVICES = {"kafka", "postgres", "driftline", "prometheus", "alertmanager", "grafana"}
 VOLUMES = {"kafka-data", "postgres-data", "prometheus-data", "alertmanager-data",
            "grafana-data"}
