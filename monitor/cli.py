@@ -186,6 +186,26 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or text
 
 
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from monitor.grafana_publish import load_assets, publish
+
+    _setup_logging("WARNING")
+    token_file = Path(args.token_file)
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"--token-file {token_file}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"--token-file {token_file} is empty")
+    boards, datasource = load_assets(Path(args.dir), args.prometheus_url)
+    result = publish(args.url, token, boards, datasource, folder_uid=args.folder_uid,
+                     timeout=args.timeout)
+    print(f"Grafana {result.grafana_version} at {args.url}:")
+    for line in result.actions:
+        print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftline", description=(
         "Drift-detection daemon: consumes inference logs from Kafka, tests each model's "
@@ -281,6 +301,34 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--output", "-o", default="driftline-report.html", metavar="FILE",
                      help="where to write the HTML file")
     rep.set_defaults(fn=cmd_report)
+
+    dash = sub.add_parser("dashboards", help="Grafana: publish the dashboards through its API",
+                          description="Manage driftline's Grafana dashboards through Grafana's "
+                          "HTTP API (needs pip install 'driftline[grafana]').",
+                          epilog="example: driftline dashboards publish --url "
+                          "https://grafana.example.com --token-file /run/secrets/grafana")
+    dash_sub = dash.add_subparsers(dest="dashboards_command", required=True, metavar="ACTION")
+    pub = dash_sub.add_parser(
+        "publish", formatter_class=_Help,
+        help="upload the dashboards and the Prometheus data source (idempotent)",
+        description="Upload the generated dashboards and the Prometheus data source to "
+        "Grafana: missing ones are created, changed ones overwritten, equal ones left alone.",
+        epilog="example: driftline dashboards publish --url http://localhost:3000 "
+        "--token-file grafana.token --prometheus-url http://prometheus:9090")
+    pub.add_argument("--url", required=True, help="Grafana's base URL")
+    pub.add_argument("--token-file", required=True, metavar="FILE",
+                     help="file holding a Grafana service-account token (Editor role; Admin "
+                     "to create data sources)")
+    pub.add_argument("--dir", default="dashboards/grafana", metavar="DIR",
+                     help="folder with dashboards/*.json and provisioning/datasources/")
+    pub.add_argument("--prometheus-url", default=None, metavar="URL",
+                     help="URL Grafana reaches Prometheus at (default: the provisioning "
+                     "file's, http://prometheus:9090)")
+    pub.add_argument("--folder-uid", default=None, metavar="UID",
+                     help="Grafana folder for the dashboards (default: General)")
+    pub.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                     help="seconds per HTTP request")
+    dash.set_defaults(fn=cmd_dashboards)
 
     db = sub.add_parser("db", help="database schema: upgrade, current revision",
                         epilog="example: driftline db upgrade --config driftline.yml",

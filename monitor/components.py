@@ -459,8 +459,9 @@ class FeatureSummaries:
                     lo, hi = lo - 0.5, hi + 0.5
                 edges = np.linspace(lo, hi, SUMMARY_BINS + 1)
                 counts, _ = np.histogram(ref, bins=edges)
-                self._numeric[name] = (edges, [int(c) for c in counts], float(ref.mean()),
-                                       float(ref.std()))
+                with np.errstate(over="ignore", invalid="ignore"):
+                    stats = float(ref.mean()), float(ref.std())
+                self._numeric[name] = (edges, [int(c) for c in counts], *stats)
             else:
                 counts_ref: dict[str, int] = {}
                 for v in reference[name].tolist():
@@ -476,14 +477,17 @@ class FeatureSummaries:
             cur = np.asarray([r.features[name] for r in window.records], dtype=np.float64)
             cur = cur[np.isfinite(cur)]
             counts, _ = np.histogram(cur, bins=edges)
+            with np.errstate(over="ignore", invalid="ignore"):  # hostile 1e308s: no picture
+                mean = float(cur.mean()) if cur.size else math.nan
+                std = float(cur.std()) if cur.size else math.nan
             out[name] = {
                 "kind": "numeric", "edges": [_sig(e) for e in edges],
                 "reference": ref_counts, "current": [int(c) for c in counts],
                 "current_below": int((cur < edges[0]).sum()),
                 "current_above": int((cur > edges[-1]).sum()),
                 "reference_mean": _sig(ref_mean), "reference_std": _sig(ref_std),
-                "current_mean": _sig(float(cur.mean())) if cur.size else None,
-                "current_std": _sig(float(cur.std())) if cur.size else None,
+                "current_mean": _sig(mean) if math.isfinite(mean) else None,
+                "current_std": _sig(std) if math.isfinite(std) else None,
             }
         for name, ref in self._categorical.items():
             cur_counts: dict[str, int] = {}

@@ -16,6 +16,7 @@ it, for tickets). No third-party package is needed to write it.
 from __future__ import annotations
 
 import html
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -294,7 +295,7 @@ def summary_svg(feature: str, summary: Mapping[str, Any]) -> str:
     cur = [float(c) for c in summary.get("current", [])]
     if summary.get("kind") == "numeric":
         edges = [float(e) for e in summary["edges"]]
-        labels = [fmt((a + b) / 2) for a, b in zip(edges, edges[1:], strict=False)]
+        labels = [fmt((a + b) / 2) for a, b in itertools.pairwise(edges)]
         below, above = int(summary.get("current_below", 0)), int(summary.get("current_above", 0))
         if below:
             labels, ref, cur = [f"<{fmt(edges[0])}", *labels], [0.0, *ref], [below, *cur]
@@ -381,28 +382,17 @@ def _feature_rows(wr: WindowResults) -> dict[str, list[tuple[StoredResult, Store
     return rows
 
 
-def window_section(model: str, wr: WindowResults, figs: Figures) -> str:
+def feature_cards(model: str, wr: WindowResults, figs: Figures, *, only_drifted: bool = False,
+                  limit: int | None = None) -> str:
+    """One card per feature of the window: its picture, its tests, its verdict."""
     w = wr.window
-    out = [f'<section class="window" id="{window_id(model, w.stream, w.window_index)}">'
-           f'<h3>Window {w.window_index} <small>{esc(when(w.window_start))} to '
-           f'{esc(when(w.window_end))}, {w.n_records} records</small></h3>']
-    if w.error is not None:
-        out.append(f'<p class="failed">Evaluation failed: {esc(w.error)}</p></section>')
-        return "".join(out)
-    badges = []
-    for r in wr.results:
-        label, colour = verdict(r)
-        badges.append(f'<span class="badge" style="background:{colour}">{esc(r.detector)}: '
-                      f'{esc(label)}</span>')
-    out.append(f'<p class="verdicts">{" ".join(badges)}</p>')
-    drivers = [d for d in (_driver(r) for r in wr.results) if d]
-    out.append("<p class=\"driver\"><b>What drove it:</b> " + esc("; ".join(drivers)) + "</p>"
-               if drivers else "<p class=\"driver\">No detector flagged drift.</p>")
     rows = _feature_rows(wr)
     drifted_first = sorted(rows, key=lambda name: (not any(f.drifted for _r, f in rows[name]),
                                                    list(rows).index(name)))
-    out.append('<div class="features">')
-    for name in drifted_first:
+    if only_drifted:
+        drifted_first = [n for n in drifted_first if any(f.drifted for _r, f in rows[n])]
+    out = ['<div class="features">']
+    for name in drifted_first[:limit]:
         entries = rows[name]
         summary = next((f.summary for _r, f in entries if f.summary), None)
         drifted = any(f.drifted for _r, f in entries)
@@ -428,7 +418,29 @@ def window_section(model: str, wr: WindowResults, figs: Figures) -> str:
                        f"<td>{fmt(f.adjusted_p_value)}</td><td>{threshold}</td>"
                        f"<td>{v}</td></tr>")
         out.append("</table></div>")
-    out.append("</div></section>")
+    out.append("</div>")
+    return "".join(out)
+
+
+def window_section(model: str, wr: WindowResults, figs: Figures) -> str:
+    w = wr.window
+    out = [f'<section class="window" id="{window_id(model, w.stream, w.window_index)}">'
+           f'<h3>Window {w.window_index} <small>{esc(when(w.window_start))} to '
+           f'{esc(when(w.window_end))}, {w.n_records} records</small></h3>']
+    if w.error is not None:
+        out.append(f'<p class="failed">Evaluation failed: {esc(w.error)}</p></section>')
+        return "".join(out)
+    badges = []
+    for r in wr.results:
+        label, colour = verdict(r)
+        badges.append(f'<span class="badge" style="background:{colour}">{esc(r.detector)}: '
+                      f'{esc(label)}</span>')
+    out.append(f'<p class="verdicts">{" ".join(badges)}</p>')
+    drivers = [d for d in (_driver(r) for r in wr.results) if d]
+    out.append("<p class=\"driver\"><b>What drove it:</b> " + esc("; ".join(drivers)) + "</p>"
+               if drivers else "<p class=\"driver\">No detector flagged drift.</p>")
+    out.append(feature_cards(model, wr, figs))
+    out.append("</section>")
     return "".join(out)
 
 
@@ -474,6 +486,7 @@ def model_section(model: str, wins: Sequence[WindowResults], labels: Sequence[Wi
                   figs: Figures, limit: int) -> str:
     detectors = list(dict.fromkeys(r.detector for wr in wins for r in wr.results))
     eps = episodes(wins)
+    glance = ""
     drifted = [wr for wr in wins if any(r.drifted for r in wr.results)]
     first, last = wins[0].window, wins[-1].window
     out = [f'<section class="model" id="model-{esc(model)}"><h2>Model {esc(model)}</h2>',
@@ -488,13 +501,17 @@ def model_section(model: str, wins: Sequence[WindowResults], labels: Sequence[Wi
             end = ("still drifting in the last window" if ep.end is None else
                    f"until window {wins[ep.end].window.window_index} "
                    f"({esc(when(wins[ep.end].window.window_start))})")
+            by = ", ".join(r.detector for r in s.results if r.drifted)
             items.append(f'<li class="episode">Drift started in <a href="#'
                          f'{window_id(model, "features", s.window.window_index)}">window '
                          f"{s.window.window_index}</a> ({esc(when(s.window.window_start))}), "
                          f"{end}; features that moved: <b>{esc(', '.join(moved) or '-')}</b>"
-                         f"; detectors: {esc(', '.join(r.detector for r in s.results if r.drifted))}"
-                         "</li>")
+                         f"; detectors: {esc(by)}</li>")
         out.append(f'<ul class="episodes">{"".join(items)}</ul>')
+        s0 = wins[eps[0].start]
+        glance = (f'<div class="glance"><h3>What moved when drift started (window '
+                   f'{s0.window.window_index})</h3>'
+                   + feature_cards(model, s0, figs, only_drifted=True, limit=4) + "</div>")
     else:
         out.append('<p class="nodrift">No drift in these windows.</p>')
     out.append(figs.figure(timeline_svg(model, wins, detectors),
@@ -502,12 +519,13 @@ def model_section(model: str, wins: Sequence[WindowResults], labels: Sequence[Wi
                            "green: no drift, grey: insufficient data, black: evaluation "
                            "failed); click a cell for the window",
                            f"{model}-timeline"))
+    out.append(glance)
     for det in detectors:
         dist = is_distance(r for wr in wins for r in wr.results if r.detector == det)
+        what = ("distance against its threshold" if dist
+                else "smallest corrected p-value against alpha")
         out.append(figs.figure(series_svg(f"{model} {det}", wins, det),
-                               f"{model}: {det} "
-                               f"{'distance against its threshold' if dist else 'smallest corrected p-value against alpha'}"
-                               " per window", f"{model}-{det}"))
+                               f"{model}: {det} {what} per window", f"{model}-{det}"))
     out.append(_label_shift_section(model, wins, figs))
     out.append(_labels_section(model, labels, figs))
     positions = detailed_positions(wins, limit)

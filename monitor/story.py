@@ -92,22 +92,30 @@ class KafkaLogFilter(logging.Filter):
 
 
 def setup_logging(level: str, fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Configure the root logger (again: a second call replaces the handler)."""
+    """Configure the root logger, as :func:`logging.basicConfig` does: when the process
+    already has handlers someone else installed (a program embedding driftline, pytest),
+    they are left alone. A second call replaces the handler an earlier one installed;
+    ``stream`` installs one whatever is there."""
+    root = logging.getLogger()
+    # kafka-python logs at INFO on every (re)connect and rebalance step: WARNING and up
+    # reach the filter below, everything with DEBUG.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    foreign = [h for h in root.handlers if not getattr(h, "_driftline", False)]
+    if foreign and stream is None:
+        return
     handler = logging.StreamHandler(stream or sys.stderr)
+    handler._driftline = True  # type: ignore[attr-defined]
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(KafkaLogFilter())
-    root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if stream is not None or getattr(old, "_driftline", False):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # kafka-python logs at INFO on every (re)connect and rebalance step: WARNING and up
-    # reach the filter above, everything with DEBUG.
-    logging.getLogger("kafka").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
 
 def _verdict(drifted: bool, insufficient: bool) -> str:

@@ -155,7 +155,7 @@ def test_kafka_python_is_heard_in_full_at_debug() -> None:
     assert buf.getvalue().count("down") == 3
 
 
-# --- the daemon end to end (in-process source), as `run` wires it ---------------------------------
+# --- the daemon end to end (in-process source), as `run` wires it --------------------------------
 
 def _settings(tmp_path: Path, port: int = 0, **extra: object) -> Path:
     stream = SyntheticStream(seed=3, drift_at=3000, magnitude=1.0)
@@ -186,10 +186,10 @@ def test_daemon_logs_each_window_and_the_drift_start_in_json(tmp_path: Path) -> 
     started = [o for o in objs if o.get("event") == "drift_started"]
     assert [o["window"] for o in started] == [3]
     steps = [o["step"] for o in objs if o.get("event") == "startup"]
-    assert steps == ["reference", "reference_ready"]
+    assert steps == ["reference", "reference_ready"]  # start-up progress
 
 
-# --- a taken metrics port ---------------------------------------------------------------------------
+# --- a taken metrics port ------------------------------------------------------------------------
 
 @pytest.fixture()
 def taken_port() -> Iterator[int]:
@@ -281,7 +281,7 @@ def test_demo_not_on_a_terminal_exits_at_once(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 40
 
 
-# --- help, settings errors ----------------------------------------------------------------------------
+# --- help, settings errors ----------------------------------------------------------------------
 
 def _subparsers() -> dict[str, object]:
     import argparse
