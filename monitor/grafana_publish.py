@@ -33,7 +33,7 @@ class PublishResult:
 
 
 def _version(text: str) -> tuple[int, int]:
-    parts = (text.split("-", 1)[0].split(".") + ["0", "0"])[:2]
+    parts = [*text.split("-", 1)[0].split("."), "0", "0"][:2]
     try:
         return int(parts[0]), int(parts[1])
     except ValueError:

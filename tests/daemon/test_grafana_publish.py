@@ -18,7 +18,7 @@ from monitor.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA_DIR = ROOT / "dashboards" / "grafana"
-TOKEN = "glsa_test_token_123"  # noqa: S105 - a test's token
+TOKEN = "glsa_test_token_123"
 
 
 class FakeGrafana:
