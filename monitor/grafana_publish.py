@@ -10,6 +10,7 @@ Grafana's documented endpoints: ``GET /api/health`` (version), ``GET/POST/PUT
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -143,8 +144,8 @@ def publish(url: str, token: str, boards: list[dict[str, Any]], datasource: dict
 
     for board in boards:
         buid = board["uid"]
-        existing = call(f"read dashboard '{buid}'", lambda buid=buid: api.dashboard
-                        .get_dashboard(buid), missing_ok=True)
+        existing = call(f"read dashboard '{buid}'",
+                        functools.partial(api.dashboard.get_dashboard, buid), missing_ok=True)
         if existing is not None and _board_body(existing.get("dashboard", {})) == \
                 _board_body(board) and (folder_uid is None or existing.get("meta", {})
                                         .get("folderUid") == folder_uid):
@@ -156,7 +157,7 @@ def publish(url: str, token: str, boards: list[dict[str, Any]], datasource: dict
         if folder_uid is not None:
             payload["folderUid"] = folder_uid
         done = call(f"save dashboard '{buid}'",
-                    lambda payload=payload: api.dashboard.update_dashboard(payload))
+                    functools.partial(api.dashboard.update_dashboard, payload))
         where = (done or {}).get("url", "")
         result.actions.append(f"dashboard {buid}: {'updated' if existing else 'created'}"
                               f"{f' ({where})' if where else ''}")
