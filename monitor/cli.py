@@ -165,11 +165,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:") \
             and not Path(str(engine.url.database)).is_file():
         raise ConfigError(f"{where}: no such database file")
+    if args.format == "evidently":
+        from monitor.evidently_export import export_window, reference_columns
+
+        got = reference_columns(args.config, args.model) if args.config else None
+        out = Path(args.output or "driftline-evidently.json")
+        with StorageReader(engine) as reader:
+            model, index = export_window(reader, out, model=args.model, first=args.first,
+                                         last=args.last, reference=got[0] if got else None,
+                                         types=got[1] if got else None)
+        engine.dispose()
+        print(f"wrote {out}: Evidently snapshot of model {model}, window {index} (the window "
+              "rebuilt from its stored summary; driftline's verdicts in its metadata)")
+        return 0
     with StorageReader(engine) as reader:
         page = build_report(reader, model=args.model, first=args.first, last=args.last,
                             source=where)
     engine.dispose()
-    out = Path(args.output)
+    out = Path(args.output or "driftline-report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     print(f"wrote {out} ({len(page) // 1024} KiB): open it in a browser, no network needed")
@@ -298,8 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="first window index (inclusive; default: the first stored)")
     rep.add_argument("--last", type=int, default=None, metavar="N",
                      help="last window index (inclusive; default: the last stored)")
-    rep.add_argument("--output", "-o", default="driftline-report.html", metavar="FILE",
-                     help="where to write the HTML file")
+    rep.add_argument("--output", "-o", default=None, metavar="FILE",
+                     help="where to write it (default: driftline-report.html; "
+                     "driftline-evidently.json with --format evidently, .html for "
+                     "Evidently's own page)")
+    rep.add_argument("--format", choices=["html", "evidently"], default="html",
+                     help="html: driftline's report of every window in the range; evidently: "
+                     "the range's last window and its reference as an Evidently snapshot "
+                     "(pip install 'driftline[evidently]')")
     rep.set_defaults(fn=cmd_report)
 
     dash = sub.add_parser("dashboards", help="Grafana: publish the dashboards through its API",

@@ -178,4 +178,4 @@ def test_report_help_has_an_example() -> None:
                          capture_output=True, text=True, cwd=ROOT, timeout=30)
     text = "".join(out.stdout.split())
     assert "example:driftlinereport--db" in text
-    assert "(default:driftline-report.html)" in text
+    assert "(default:driftline-report.html;" in text
