@@ -179,3 +179,45 @@ def test_report_help_has_an_example() -> None:
     text = "".join(out.stdout.split())
     assert "example:driftlinereport--db" in text
     assert "(default:driftline-report.html;" in text
+
+
+def test_report_shows_label_performance_label_shift_and_distances(tmp_path: Path) -> None:
+    import time as _time
+
+    from detectors import DriftResult, FeatureResult
+    from monitor.htmlreport import build_report
+    from monitor.report import WindowReport
+    from monitor.storage import SqlStore
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    store = SqlStore(url)
+    store.migrate()
+    for i in range(4):
+        shifted = i >= 2
+        weights = (FeatureResult("0", 0.6 if shifted else 1.0, 0.01, 0.02, shifted, 500, 400),
+                   FeatureResult("1", 1.5 if shifted else 1.0, 0.01, 0.02, shifted, 500, 400))
+        psi = DriftResult("psi", 0.3 if shifted else 0.05, None, 0.2, shifted, 500, 400, "none",
+                          (FeatureResult("income", 0.3 if shifted else 0.05, None, None,
+                                         shifted, 500, 400),))
+        store.write(WindowReport("clf", i, 100.0 * i, 100.0 * i + 99, 400,
+                                 (DriftResult("label_shift", 1.5, 0.02, 0.05, shifted, 500, 400,
+                                              "bonferroni", weights), psi),
+                                 {("t", 0): (i * 400, i * 400 + 399)}, _time.time()))
+        store.write(WindowReport("clf", i, 100.0 * i, 100.0 * i + 99, 300,
+                                 (DriftResult("performance", 0.1 + 0.1 * shifted,
+                                              0.3 if not shifted else 1e-4, 0.05, shifted, 500,
+                                              300, "none", (FeatureResult(
+                                                  "error_rate", 0.1, 0.3, 0.3, shifted, 500,
+                                                  300),)),),
+                                 {("labels", 0): (i * 300, i * 300 + 299)}, _time.time(),
+                                 stream="labels"))
+    store.flush()
+    store.close()
+    with StorageReader(url) as reader:
+        page = build_report(reader, source="test")
+    assert "Label-shift weights" in page and "weight q(y)/p(y)" in page
+    assert "Delayed-label performance" in page and "performance" in page
+    assert 'id="w-clf-labels-3"' in page
+    assert "psi distance against its threshold per window" in page
+    assert "income (0.3 &gt; 0.2)" in page  # what drove the distance verdict
+    assert "distance &gt; 0.2" in page
