@@ -228,12 +228,20 @@ def _panels() -> list[dict[str, Any]]:
                              "{{model}} / {{detector}}")], minimum=None), 12, 8)
     features = {
         "type": "table", "title": "Per-feature drift (last window)",
-        "description": "Raw per-feature p-values and statistics of each model's last window, "
-                       "smallest p-value first.",
+        "description": "Per-feature verdicts of each model's last window, drifted first: "
+                       "DRIFT when the feature's p-value after the detector's correction is "
+                       "below the model's alpha (or its distance is above the threshold), "
+                       "so the colour follows each model's own alpha and correction. Raw and "
+                       "corrected p-values and statistics alongside.",
         "datasource": DATASOURCE,
         "targets": [
+            target(f"max by (model, detector, feature) "
+                   f"(driftline_feature_drift_detected{{{MD}}})", instant=True, table=True),
             target(f"min by (model, detector, feature) (driftline_feature_drift_p_value{{{MD}}})",
                    instant=True, table=True),
+            target(f"min by (model, detector, feature) "
+                   f"(driftline_feature_drift_adjusted_p_value{{{MD}}})", instant=True,
+                   table=True),
             target(f"max by (model, detector, feature) "
                    f"(driftline_feature_drift_statistic{{{MD}}})", instant=True, table=True),
         ],
@@ -242,24 +250,30 @@ def _panels() -> list[dict[str, Any]]:
             {"id": "organize", "options": {
                 "excludeByName": {"Time": True},
                 "indexByName": {"model": 0, "detector": 1, "feature": 2, "Value #A": 3,
-                                "Value #B": 4},
-                "renameByName": {"Value #A": "p-value", "Value #B": "statistic"}}},
+                                "Value #B": 4, "Value #C": 5, "Value #D": 6},
+                "renameByName": {"Value #A": "verdict", "Value #B": "raw p-value",
+                                 "Value #C": "corrected p-value",
+                                 "Value #D": "statistic"}}},
         ],
         "fieldConfig": {
             "defaults": {"color": {"mode": "thresholds"}, "thresholds": OK_ONLY,
                          "custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
             "overrides": [
-                {"matcher": {"id": "byName", "options": "p-value"}, "properties": [
-                    {"id": "decimals", "value": 4},
-                    {"id": "thresholds",
-                     "value": thresholds(("red", None), ("orange", 0.01), ("green", 0.05))},
+                {"matcher": {"id": "byName", "options": "verdict"}, "properties": [
+                    {"id": "mappings", "value": value_mappings({"0": ("ok", "green"),
+                                                                "1": ("DRIFT", "red")})},
+                    {"id": "thresholds", "value": thresholds(("green", None), ("red", 1))},
                     {"id": "custom.cellOptions",
                      "value": {"type": "color-background", "mode": "basic"}}]},
+                {"matcher": {"id": "byName", "options": "raw p-value"}, "properties": [
+                    {"id": "decimals", "value": 4}]},
+                {"matcher": {"id": "byName", "options": "corrected p-value"}, "properties": [
+                    {"id": "decimals", "value": 4}]},
                 {"matcher": {"id": "byName", "options": "statistic"}, "properties": [
                     {"id": "decimals", "value": 3}]},
             ]},
         "options": {"showHeader": True, "cellHeight": "sm",
-                    "sortBy": [{"displayName": "p-value", "desc": False}],
+                    "sortBy": [{"displayName": "verdict", "desc": True}],
                     "footer": {"show": False, "reducer": ["sum"], "countRows": False,
                                "fields": ""}},
     }
@@ -289,6 +303,38 @@ def _panels() -> list[dict[str, Any]]:
                              f'{{{M}, detector="label_shift"}})', "{{model}} / {{feature}}")],
                      steps=thresholds(("green", None), ("orange", 1)), threshold_line=True),
           12, 8)
+    links = {
+        "type": "table", "title": "Last window and alert links",
+        "description": "Each model's last evaluated window, and the dashboard and runbook "
+                       "URLs its alerts link to (settings alerts.dashboard_url, "
+                       "alerts.runbook_url). `driftline report` draws any window.",
+        "datasource": DATASOURCE,
+        "targets": [
+            target(f"max by (model) (driftline_window_index{{{M}}})", instant=True, table=True),
+            target(f"max by (model, dashboard_url, runbook_url) "
+                   f"(driftline_alert_links_info{{{M}}})", instant=True, table=True),
+        ],
+        "transformations": [
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {
+                "excludeByName": {"Time": True, "Value #B": True},
+                "indexByName": {"model": 0, "Value #A": 1, "dashboard_url": 2,
+                                "runbook_url": 3},
+                "renameByName": {"Value #A": "last window", "dashboard_url": "dashboard",
+                                 "runbook_url": "runbook"}}},
+        ],
+        "fieldConfig": {
+            "defaults": {"color": {"mode": "thresholds"}, "thresholds": OK_ONLY,
+                         "custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
+            "overrides": [
+                {"matcher": {"id": "byName", "options": "last window"}, "properties": [
+                    {"id": "decimals", "value": 0}]},
+            ]},
+        "options": {"showHeader": True, "cellHeight": "sm",
+                    "footer": {"show": False, "reducer": ["sum"], "countRows": False,
+                               "fields": ""}},
+    }
+    g.add(links, 12, 8)
 
     g.row("Pipeline health")
     g.add(timeseries("Window end lag", "Wall-clock now minus the event-time end of each "

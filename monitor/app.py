@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from types import FrameType
 from typing import Any
 
 from monitor.deadletter import DeadLetter
-from monitor.errors import SinkError
+from monitor.errors import ConfigError, SinkError
 from monitor.factory import build_models
 from monitor.health import serve
 from monitor.label_join import Joined, LabelJoin
@@ -28,6 +29,7 @@ from monitor.settings import RetrainSettings, Settings
 from monitor.sinks import PrometheusSink, Sink
 from monitor.sources import Source
 from monitor.storage import SqlStore
+from monitor.story import WindowLog
 
 log = logging.getLogger("driftline")
 
@@ -82,7 +84,19 @@ def build_daemon(
     retrain_backends: Mapping[str, Any] | None = None,
 ) -> Daemon:
     """Wire the daemon. ``source``/``dead_letter`` default to Kafka from the settings."""
+    if serve_metrics:  # before the slow start-up work: a taken port fails at once
+        _check_port(settings.metrics.address, settings.metrics.port)
     metrics = metrics or Metrics()
+    for m in settings.models:
+        dashboard_url, runbook_url = settings.alerts.links(m.name)
+        metrics.alert_links.labels(model=m.name, dashboard_url=dashboard_url,
+                                   runbook_url=runbook_url).set(1)
+    window_log = WindowLog()
+
+    def reported(report: WindowReport) -> None:
+        window_log(report)  # one line per window; drift started / ended
+        if on_report is not None:
+            on_report(report)
 
     def restore() -> StoredState:
         offsets, last = {}, {}
@@ -125,7 +139,7 @@ def build_daemon(
             schemas, settings.limits.max_record_bytes,
             TimeBounds(settings.limits.max_future_seconds, settings.limits.max_past_seconds)),
         models=models, sinks=sinks, dead_letter=dead_letter, metrics=metrics,
-        restore=restore, prepare=prepare, marks_store=store, on_report=on_report,
+        restore=restore, prepare=prepare, marks_store=store, on_report=reported,
         labels_topic=settings.source.kafka.labels_topic,
         join=LabelJoin(store, {m.name: m.labels for m in settings.models if m.labels},
                        capture=frozenset(retraining))
@@ -137,8 +151,12 @@ def build_daemon(
         daemon.dispatcher = _retraining(settings, pipeline, store, metrics, retraining,
                                         config_path, retrain_backends)
     if serve_metrics:
-        server, _thread = serve(metrics, pipeline.health, settings.metrics.address,
-                                settings.metrics.port)
+        address, port = settings.metrics.address, settings.metrics.port
+        try:
+            server, _thread = serve(metrics, pipeline.health, address, port)
+        except OSError as exc:
+            daemon.close()
+            raise MetricsPortError(address, port, exc) from None
         daemon._server = server
         daemon.metrics_port = server.server_port
         log.info("serving /metrics, /healthz, /readyz on %s:%d", settings.metrics.address,
@@ -170,6 +188,34 @@ def _retraining(settings: Settings, pipeline: Pipeline, store: SqlStore, metrics
         log.info("model %s: retraining requests go to %s", model, describe(cfg.action))
     return Dispatcher(retrain_store, made, {m: c.action for m, c in retraining.items()},
                       metrics, capture={m: c.capture for m, c in retraining.items()})
+
+class MetricsPortError(ConfigError):
+    """The metrics address cannot be served (port taken, address not local): exit 2."""
+
+    def __init__(self, address: str, port: int, exc: OSError) -> None:
+        self.address, self.port = address, port
+        reason = exc.strerror or str(exc)
+        super().__init__(
+            f"cannot serve /metrics on {address}:{port}: {reason}"
+            + (" (another driftline, or the demo, may be running)" if port else "")
+            + ". Choose another port: metrics.port in the settings file "
+            "(or DRIFTLINE__METRICS__PORT=9109), --metrics-port for the demo; 0 picks "
+            "any free port")
+
+
+def _check_port(address: str, port: int) -> None:
+    """MetricsPortError now if ``address:port`` cannot be bound (serve() binds it later)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(address or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, *_rest, sockaddr = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as HTTPServer does
+            s.bind(sockaddr)
+    except OSError as exc:  # socket.gaierror is one too
+        raise MetricsPortError(address, port, exc) from None
 
 
 def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:

@@ -16,10 +16,10 @@ from monitor.errors import ConfigError, MonitorError, SinkError
 log = logging.getLogger("driftline")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python is chatty at INFO
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from monitor.story import setup_logging
+
+    setup_logging(level, fmt)  # kafka-python tamed: see monitor.story.KafkaLogFilter
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitor.settings import load_settings
 
     settings = load_settings(args.config)
-    _setup_logging(args.log_level or settings.log_level)
+    _setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
     stop = threading.Event()
     install_signal_handlers(stop)  # before connecting: start-up may wait on Kafka
     daemon = build_daemon(settings, stop=stop, config_path=Path(args.config).resolve())
@@ -67,7 +67,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = run_demo(DemoOptions(
         workdir=Path(args.workdir), records=args.records, window=args.window,
         drift_at=args.drift_at, magnitude=args.magnitude, seed=args.seed,
-        metrics_port=args.metrics_port))
+        metrics_port=args.metrics_port,
+        linger=sys.stdout.isatty() and sys.stdin.isatty()))  # a terminal: until Ctrl-C
     return 0 if summary["detected_window"] is not None else 1
 
 
@@ -145,6 +146,79 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from monitor.htmlreport import build_report
+    from monitor.storage import StorageReader
+    from monitor.storage.models import open_engine
+
+    _setup_logging("WARNING")
+    if args.db:
+        url = args.db
+    elif args.config:
+        from monitor.settings import load_settings
+
+        url = load_settings(args.config).storage.url
+    else:
+        raise ConfigError("say where the results are: --db URL or --config FILE")
+    engine = open_engine(url)  # ConfigError for a bad URL or a missing driver: exit 2
+    where = engine.url.render_as_string(hide_password=True)
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:") \
+            and not Path(str(engine.url.database)).is_file():
+        raise ConfigError(f"{where}: no such database file")
+    if args.format == "evidently":
+        from monitor.evidently_export import export_window, reference_columns
+
+        got = reference_columns(args.config, args.model) if args.config else None
+        out = Path(args.output or "driftline-evidently.json")
+        with StorageReader(engine) as reader:
+            model, index = export_window(reader, out, model=args.model, first=args.first,
+                                         last=args.last, reference=got[0] if got else None,
+                                         types=got[1] if got else None)
+        engine.dispose()
+        print(f"wrote {out}: Evidently snapshot of model {model}, window {index} (the window "
+              "rebuilt from its stored summary; driftline's verdicts in its metadata)")
+        return 0
+    with StorageReader(engine) as reader:
+        page = build_report(reader, model=args.model, first=args.first, last=args.last,
+                            source=where)
+    engine.dispose()
+    out = Path(args.output or "driftline-report.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    print(f"wrote {out} ({len(page) // 1024} KiB): open it in a browser, no network needed")
+    return 0
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" after an option's help, unless it has none or says it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text or not action.option_strings:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from monitor.grafana_publish import load_assets, publish
+
+    _setup_logging("WARNING")
+    token_file = Path(args.token_file)
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"--token-file {token_file}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"--token-file {token_file} is empty")
+    boards, datasource = load_assets(Path(args.dir), args.prometheus_url)
+    result = publish(args.url, token, boards, datasource, folder_uid=args.folder_uid,
+                     timeout=args.timeout)
+    print(f"Grafana {result.grafana_version} at {args.url}:")
+    for line in result.actions:
+        print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftline", description=(
         "Drift-detection daemon: consumes inference logs from Kafka, tests each model's "
@@ -152,55 +226,140 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"driftline {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the daemon", description=(
+    run = sub.add_parser("run", help="run the daemon", formatter_class=_Help, description=(
         "Run the daemon until SIGTERM/SIGINT, which finish the current batch, flush complete "
-        "windows, commit, and exit."))
-    run.add_argument("--config", required=True, help="settings YAML file")
-    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        "windows, commit, and exit."),
+        epilog="example: driftline run --config examples/driftline.yml --log-format json")
+    run.add_argument("--config", required=True, metavar="FILE",
+                     help="settings YAML file (DRIFTLINE__* environment variables override it)")
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="log level (default: log_level in the settings, INFO)")
+    run.add_argument("--log-format", choices=["text", "json"],
+                     help="one line of text, or one JSON object, per event (default: "
+                     "log_format in the settings, text)")
     run.set_defaults(fn=cmd_run)
 
     chk = sub.add_parser("check-config", help="validate a settings file and its references",
+                         formatter_class=_Help,
                          description="Validate the settings file (with DRIFTLINE__* "
-                         "environment overrides) and load every model's reference data.")
-    chk.add_argument("file")
+                         "environment overrides) and load every model's reference data.",
+                         epilog="example: driftline check-config examples/driftline.yml")
+    chk.add_argument("file", help="settings YAML file")
     chk.set_defaults(fn=cmd_check_config)
 
     demo = sub.add_parser("demo", help="run the pipeline on a synthetic stream, no services",
+                          formatter_class=_Help,
                           description="Run the real pipeline on an in-process synthetic "
-                          "stream with drift injected partway; serves /metrics, writes SQLite.")
-    demo.add_argument("--workdir", default="driftline-demo")
-    demo.add_argument("--records", type=int, default=40_000)
-    demo.add_argument("--window", type=int, default=2_000)
-    demo.add_argument("--drift-at", type=int, default=24_000)
-    demo.add_argument("--magnitude", type=float, default=0.5, help="shift in standard deviations")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--metrics-port", type=int, default=9108, help="0 picks a free port")
+                          "stream with drift injected partway; serves /metrics, writes SQLite. "
+                          "On a terminal, /metrics stays up after the summary until Ctrl-C.",
+                          epilog="example: driftline demo --metrics-port 0 && driftline report "
+                          "--db sqlite:///driftline-demo/driftline.db")
+    demo.add_argument("--workdir", default="driftline-demo", metavar="DIR",
+                      help="folder for the reference, settings, database and dead letters")
+    demo.add_argument("--records", type=int, default=40_000, metavar="N",
+                      help="records to stream")
+    demo.add_argument("--window", type=int, default=2_000, metavar="N",
+                      help="records per count window")
+    demo.add_argument("--drift-at", type=int, default=24_000, metavar="K",
+                      help="record from which drift is injected")
+    demo.add_argument("--magnitude", type=float, default=0.5,
+                      help="shift in standard deviations")
+    demo.add_argument("--seed", type=int, default=7, help="random seed of the stream")
+    demo.add_argument("--metrics-port", type=int, default=9108, metavar="PORT",
+                      help="port of /metrics on 127.0.0.1; 0 picks a free port")
     demo.set_defaults(fn=cmd_demo)
 
     prod = sub.add_parser("produce", help="replay JSONL or a synthetic stream into a topic",
+                          formatter_class=_Help,
                           description="Send inference logs to Kafka: lines of a JSONL file "
-                          "as they are, or a synthetic stream with optional injected drift.")
-    prod.add_argument("--bootstrap-servers", default="localhost:9092")
-    prod.add_argument("--topic", default="inference-logs")
+                          "as they are, or a synthetic stream with optional injected drift.",
+                          epilog="example: driftline produce --synthetic 50000 --drift-at "
+                          "30000 --key-by-model --bootstrap-servers localhost:9092")
+    prod.add_argument("--bootstrap-servers", default="localhost:9092", metavar="HOST:PORT",
+                      help="Kafka brokers, comma-separated")
+    prod.add_argument("--topic", default="inference-logs", help="topic to send to")
     src = prod.add_mutually_exclusive_group(required=True)
-    src.add_argument("--file", help="JSONL file, one record per line")
+    src.add_argument("--file", help="JSONL file, one record per line (sent byte for byte)")
     src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic records")
-    prod.add_argument("--model", default="credit-risk")
-    prod.add_argument("--seed", type=int, default=0)
-    prod.add_argument("--drift-at", type=int, default=None, help="inject drift from record K")
-    prod.add_argument("--magnitude", type=float, default=0.5)
+    prod.add_argument("--model", default="credit-risk", help="model name of synthetic records")
+    prod.add_argument("--seed", type=int, default=0, help="random seed of synthetic records")
+    prod.add_argument("--drift-at", type=int, default=None, metavar="K",
+                      help="inject drift from synthetic record K (default: no drift)")
+    prod.add_argument("--magnitude", type=float, default=0.5,
+                      help="injected shift in standard deviations")
     prod.add_argument("--key-by-model", action="store_true",
                       help="use the model name as the message key (one partition per model)")
     prod.set_defaults(fn=cmd_produce)
 
+    rep = sub.add_parser(
+        "report", help="write an HTML drift report from the stored results",
+        formatter_class=_Help,
+        description="Write one self-contained HTML file (no network needed to open it): "
+        "per model a timeline of windows with each detector's verdict and p-values or "
+        "distances over time, and feature by feature the reference against the window "
+        "with raw and corrected p-values, thresholds and what drove each verdict.",
+        epilog="example: driftline report --db sqlite:///driftline-demo/driftline.db "
+        "--output report.html")
+    rep_src = rep.add_mutually_exclusive_group()
+    rep_src.add_argument("--db", metavar="URL", default=None,
+                         help="SQLAlchemy URL of the results database")
+    rep_src.add_argument("--config", metavar="FILE", default=None,
+                         help="settings YAML file whose storage.url to read")
+    rep.add_argument("--model", default=None,
+                     help="only this model (default: every model in the database)")
+    rep.add_argument("--first", type=int, default=None, metavar="N",
+                     help="first window index (inclusive; default: the first stored)")
+    rep.add_argument("--last", type=int, default=None, metavar="N",
+                     help="last window index (inclusive; default: the last stored)")
+    rep.add_argument("--output", "-o", default=None, metavar="FILE",
+                     help="where to write it (default: driftline-report.html; "
+                     "driftline-evidently.json with --format evidently, .html for "
+                     "Evidently's own page)")
+    rep.add_argument("--format", choices=["html", "evidently"], default="html",
+                     help="html: driftline's report of every window in the range; evidently: "
+                     "the range's last window and its reference as an Evidently snapshot "
+                     "(pip install 'driftline[evidently]')")
+    rep.set_defaults(fn=cmd_report)
+
+    dash = sub.add_parser("dashboards", help="Grafana: publish the dashboards through its API",
+                          description="Manage driftline's Grafana dashboards through Grafana's "
+                          "HTTP API (needs pip install 'driftline[grafana]').",
+                          epilog="example: driftline dashboards publish --url "
+                          "https://grafana.example.com --token-file /run/secrets/grafana")
+    dash_sub = dash.add_subparsers(dest="dashboards_command", required=True, metavar="ACTION")
+    pub = dash_sub.add_parser(
+        "publish", formatter_class=_Help,
+        help="upload the dashboards and the Prometheus data source (idempotent)",
+        description="Upload the generated dashboards and the Prometheus data source to "
+        "Grafana: missing ones are created, changed ones overwritten, equal ones left alone.",
+        epilog="example: driftline dashboards publish --url http://localhost:3000 "
+        "--token-file grafana.token --prometheus-url http://prometheus:9090")
+    pub.add_argument("--url", required=True, help="Grafana's base URL")
+    pub.add_argument("--token-file", required=True, metavar="FILE",
+                     help="file holding a Grafana service-account token (Editor role; Admin "
+                     "to create data sources)")
+    pub.add_argument("--dir", default="dashboards/grafana", metavar="DIR",
+                     help="folder with dashboards/*.json and provisioning/datasources/")
+    pub.add_argument("--prometheus-url", default=None, metavar="URL",
+                     help="URL Grafana reaches Prometheus at (default: the provisioning "
+                     "file's, http://prometheus:9090)")
+    pub.add_argument("--folder-uid", default=None, metavar="UID",
+                     help="Grafana folder for the dashboards (default: General)")
+    pub.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                     help="seconds per HTTP request")
+    dash.set_defaults(fn=cmd_dashboards)
+
     db = sub.add_parser("db", help="database schema: upgrade, current revision",
+                        epilog="example: driftline db upgrade --config driftline.yml",
                         description="Manage the SQL schema (Alembic migrations shipped with "
                         "driftline). The daemon also upgrades the database when it starts.")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     for action, text in (("upgrade", "upgrade storage.url's database to the latest revision "
                           "(a database made by driftline 0.1.0 is adopted first)"),
                          ("current", "print the database's revision")):
-        act = db_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        act = db_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".",
+                                formatter_class=_Help,
+                                epilog=f"example: driftline db {action} --config driftline.yml")
         act.add_argument("--config", required=True, help="settings YAML file (storage.url)")
     db.set_defaults(fn=cmd_db)
     from monitor.retrain.cli import register as register_retrain

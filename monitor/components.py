@@ -37,6 +37,7 @@ from monitor.windows import ClosedWindow
 __all__ = [
     "BaseComponent",
     "Component",
+    "FeatureSummaries",
     "FeatureTest",
     "LabelDriftTest",
     "LabelShiftTest",
@@ -409,3 +410,100 @@ def label_components(model: str, task: str, test: str | None, min_samples: int,
     components.extend(StreamingTest(model, _warmed(s, warm_up), task, dtype, n)
                       for s in streaming)
     return components
+
+
+# --- what a report draws: a bounded per-window summary of each feature --------------------------
+
+#: Equal-width bins over the reference's range (numeric features), plus one open bin on
+#: each side for current values outside it.
+SUMMARY_BINS = 20
+#: Categories kept per categorical feature (the most frequent on either side); the rest
+#: are counted together as "(other)".
+SUMMARY_TOP_K = 20
+_MAX_CATEGORY_CHARS = 64
+
+
+def _sig(x: float) -> float:
+    """Six significant digits: enough for a picture, and keeps the stored JSON small."""
+    return float(f"{x:.6g}") if math.isfinite(x) else 0.0
+
+
+def _category(v: Any) -> str:
+    text = json.dumps(v) if isinstance(v, bool) else str(v)
+    return text[:_MAX_CATEGORY_CHARS]
+
+
+class FeatureSummaries:
+    """Per-window summaries of a model's features, for reports: bin counts (numeric) or
+    top-k category counts (categorical) of the reference and of the window.
+
+    The reference side is computed once here; a window's side costs one pass over its
+    column. Each summary is bounded: at most ``SUMMARY_BINS + 2`` numeric bins, at most
+    ``SUMMARY_TOP_K + 1`` categories of at most 64 characters.
+    """
+
+    def __init__(self, types: Mapping[str, FeatureKind],
+                 reference: Mapping[str, np.ndarray]) -> None:
+        self._numeric: dict[str, tuple[np.ndarray, list[int], float, float]] = {}
+        self._categorical: dict[str, dict[str, int]] = {}
+        for name, kind in types.items():
+            if name not in reference:
+                continue
+            if kind == "numeric":
+                ref = np.asarray(reference[name], dtype=np.float64)
+                ref = ref[np.isfinite(ref)]
+                if ref.size == 0:
+                    continue
+                lo, hi = float(ref.min()), float(ref.max())
+                if hi <= lo:
+                    lo, hi = lo - 0.5, hi + 0.5
+                edges = np.linspace(lo, hi, SUMMARY_BINS + 1)
+                counts, _ = np.histogram(ref, bins=edges)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    stats = float(ref.mean()), float(ref.std())
+                self._numeric[name] = (edges, [int(c) for c in counts], *stats)
+            else:
+                counts_ref: dict[str, int] = {}
+                for v in reference[name].tolist():
+                    key = _category(v)
+                    counts_ref[key] = counts_ref.get(key, 0) + 1
+                self._categorical[name] = counts_ref
+
+    def summarize(self, window: ClosedWindow) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        if not window.records:
+            return out
+        for name, (edges, ref_counts, ref_mean, ref_std) in self._numeric.items():
+            cur = np.asarray([r.features[name] for r in window.records], dtype=np.float64)
+            cur = cur[np.isfinite(cur)]
+            counts, _ = np.histogram(cur, bins=edges)
+            with np.errstate(over="ignore", invalid="ignore"):  # hostile 1e308s: no picture
+                mean = float(cur.mean()) if cur.size else math.nan
+                std = float(cur.std()) if cur.size else math.nan
+            out[name] = {
+                "kind": "numeric", "edges": [_sig(e) for e in edges],
+                "reference": ref_counts, "current": [int(c) for c in counts],
+                "current_below": int((cur < edges[0]).sum()),
+                "current_above": int((cur > edges[-1]).sum()),
+                "reference_mean": _sig(ref_mean), "reference_std": _sig(ref_std),
+                "current_mean": _sig(mean) if math.isfinite(mean) else None,
+                "current_std": _sig(std) if math.isfinite(std) else None,
+            }
+        for name, ref in self._categorical.items():
+            cur_counts: dict[str, int] = {}
+            for r in window.records:
+                key = _category(r.features[name])
+                cur_counts[key] = cur_counts.get(key, 0) + 1
+            n_ref, n_cur = max(sum(ref.values()), 1), max(sum(cur_counts.values()), 1)
+            share = {k: max(ref.get(k, 0) / n_ref, cur_counts.get(k, 0) / n_cur)
+                     for k in {*ref, *cur_counts}}
+            top = sorted(share, key=lambda k: (-share[k], k))[:SUMMARY_TOP_K]
+            kept = set(top)
+            out[name] = {
+                "kind": "categorical", "categories": top,
+                "reference": [ref.get(k, 0) for k in top],
+                "current": [cur_counts.get(k, 0) for k in top],
+                "reference_other": sum(v for k, v in ref.items() if k not in kept),
+                "current_other": sum(v for k, v in cur_counts.items() if k not in kept),
+            }
+        return out

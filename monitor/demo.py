@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ from typing import TextIO
 
 import yaml
 
-from monitor.app import build_daemon, install_signal_handlers
+from monitor.app import Daemon, build_daemon, install_signal_handlers
 from monitor.deadletter import JsonlDeadLetter
+from monitor.health import serve
 from monitor.report import WindowReport
 from monitor.settings import load_settings
 from monitor.sources import MemorySource
@@ -47,6 +49,8 @@ class DemoOptions:
     bad_every: int = 997
     metrics_port: int = 9108
     metrics_address: str = "127.0.0.1"
+    # Keep /metrics up after the summary until Ctrl-C (``driftline demo`` on a terminal).
+    linger: bool = False
 
 
 def _stream(stream: SyntheticStream, opts: DemoOptions) -> Iterator[bytes]:
@@ -133,4 +137,31 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> dict[str, object]:
           file=out)
     print(f"  rejected records (dead-lettered): {json.dumps(summary['rejected'])}", file=out)
     print(f"  {summary['windows']} windows stored in {db} in {summary['seconds']} s", file=out)
+    print(f"\nsee which features moved, and how: driftline report --db sqlite:///{db} "
+          f"--output {opts.workdir / 'report.html'}", file=out, flush=True)
+    if opts.linger:
+        _linger(daemon, opts, out)
     return summary
+
+
+def _linger(daemon: Daemon, opts: DemoOptions, out: TextIO) -> None:
+    """Serve the final /metrics (the daemon has stopped) until SIGINT or SIGTERM."""
+    port = daemon.metrics_port or opts.metrics_port
+    try:
+        server, _thread = serve(daemon.metrics, daemon.pipeline.health, opts.metrics_address,
+                                port)
+    except OSError as exc:
+        print(f"(cannot keep /metrics up on {opts.metrics_address}:{port}: {exc.strerror})",
+              file=out, flush=True)
+        return
+    stop = threading.Event()
+    restore = install_signal_handlers(stop)
+    print(f"/metrics stays up at http://{opts.metrics_address}:{port}/metrics: "
+          "press Ctrl-C to exit", file=out, flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        restore()
+        server.shutdown()
+        server.server_close()

@@ -8,6 +8,7 @@ inference records, :class:`monitor.labels.LabelEvaluator` its windows of joined 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 from detectors import DriftResult
 from monitor.components import (
     Component,
+    FeatureSummaries,
     FeatureTest,
     MatrixTest,
     default_detectors,
@@ -81,6 +83,7 @@ class ModelEvaluator(ComponentEvaluator):
         self.min_records = (model.window.min_records if isinstance(model.window, TimeWindow)
                             else 1)
         self._components = feature_components(model, reference, labelled)
+        self.summaries = FeatureSummaries({f.name: f.type for f in model.features}, reference)
         # monitor.embedding_drift.EmbeddingDrift, a component too; attached by the factory
         # (after the reference state is loaded: its model is not part of that state).
         self.embedding: Any = None
@@ -91,6 +94,13 @@ class ModelEvaluator(ComponentEvaluator):
         if self.embedding is not None:
             out.append(self.embedding)
         return out
+
+    def evaluate(self, window: ClosedWindow) -> WindowReport:
+        report = super().evaluate(window)
+        summaries = getattr(self, "summaries", None)
+        if summaries is None or len(window.records) < self.min_records:
+            return report
+        return dataclasses.replace(report, summaries=summaries.summarize(window))
 
     @property
     def detectors(self) -> list[tuple[Any, tuple[str, ...]]]:

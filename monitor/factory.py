@@ -7,7 +7,9 @@ minus the connections.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ from monitor.refstate import load_or_build
 from monitor.schema import FeatureKind, ModelSchema
 from monitor.settings import CountWindow, ModelSettings, Settings
 from monitor.windows import CountWindows, TimeWindows
+
+log = logging.getLogger("driftline.startup")
 
 
 @dataclass
@@ -46,10 +50,25 @@ def build_models(settings: Settings, metrics: Metrics) -> BuiltModels:
                                      else "categorical")
             if m.prediction_drift.label_shift and m.labels is None:
                 columns["label"] = "categorical"  # BBSE's confusion matrix
+        t0 = time.perf_counter()
+        log.info("model %s: preparing the reference state (%s)", m.name, m.reference.path,
+                 extra={"event": "startup", "model": m.name, "step": "reference"})
         evaluator = load_or_build(
             m, lambda m=m, columns=columns: _evaluator(m, columns), cache_dir)  # type: ignore[misc]
+        log.info("model %s: reference ready (%s rows, %d detectors) in %.1f s", m.name,
+                 getattr(evaluator, "n_reference", "?"), len(evaluator.detector_names),
+                 time.perf_counter() - t0,
+                 extra={"event": "startup", "model": m.name, "step": "reference_ready",
+                        "seconds": round(time.perf_counter() - t0, 3)})
         if m.embedding is not None:
+            t0 = time.perf_counter()
+            log.info("model %s: loading the embedding model and reference embeddings (%s); "
+                     "this can take minutes the first time", m.name, m.embedding.model.path,
+                     extra={"event": "startup", "model": m.name, "step": "embeddings"})
             evaluator.embedding = _embedding(m, metrics, cache_dir)
+            log.info("model %s: embeddings ready in %.1f s", m.name, time.perf_counter() - t0,
+                     extra={"event": "startup", "model": m.name, "step": "embeddings_ready",
+                            "seconds": round(time.perf_counter() - t0, 3)})
         new_windows = _windows_factory(m)
         models[m.name] = ModelState(
             StreamState(evaluator, new_windows(None), new_windows),

@@ -181,6 +181,12 @@ class Metrics:
             "driftline_sink_errors_total", "Sink flushes that failed (offsets not committed).",
             ["sink"], registry=r,
         )
+        self.alert_links = Gauge(
+            "driftline_alert_links_info",
+            "Constant 1 per model, labelled with the dashboard and runbook URLs its alerts "
+            "link to (settings alerts.dashboard_url, alerts.runbook_url).",
+            ["model", "dashboard_url", "runbook_url"], registry=r,
+        )
 
     def prime(self, models: Iterable[tuple[str, Iterable[str]]],
               sinks: Iterable[str] = (),
@@ -283,6 +289,17 @@ class LatestWindows(Collector):
             "feature_p_value": GaugeMetricFamily(
                 "driftline_feature_drift_p_value",
                 "Per-feature raw p-value for the last window.", labels=mdf),
+            "feature_adjusted_p_value": GaugeMetricFamily(
+                "driftline_feature_drift_adjusted_p_value",
+                "Per-feature p-value after the detector's multiple-testing correction, "
+                "for the last window.", labels=mdf),
+            "feature_detected": GaugeMetricFamily(
+                "driftline_feature_drift_detected",
+                "1 if the feature drifted in the model's last window (under the detector's "
+                "alpha and correction, or its distance threshold).", labels=mdf),
+            "window_index": GaugeMetricFamily(
+                "driftline_window_index", "Index of the model's last evaluated window.",
+                labels=["model"]),
         }
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
@@ -306,9 +323,14 @@ class LatestWindows(Collector):
                     f["feature_statistic"].add_metric([*md, feat.feature], feat.statistic)
                     f["feature_p_value"].add_metric([*md, feat.feature],
                                                     _nan_if_none(feat.p_value))
+                    f["feature_adjusted_p_value"].add_metric(
+                        [*md, feat.feature], _nan_if_none(feat.adjusted_p_value))
+                    f["feature_detected"].add_metric([*md, feat.feature],
+                                                     1.0 if feat.drifted else 0.0)
         for model, (_seq, report) in last.items():
             f["records"].add_metric([model], float(report.n_records))
             f["end"].add_metric([model], report.window_end)
+            f["window_index"].add_metric([model], float(report.window_index))
         yield from f.values()
 
 

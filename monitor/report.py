@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from detectors import DriftResult
 from monitor.windows import TopicPartition
@@ -26,3 +27,6 @@ class WindowReport:
     # Set when evaluating the window failed: the window is stored with no results and this
     # reason, so the stream moves past it instead of crash-looping on a replay.
     error: str | None = None
+    # Feature name -> bounded summary of the window and the reference (bin or category
+    # counts, see monitor.components.FeatureSummaries), stored for reports.
+    summaries: Mapping[str, Mapping[str, Any]] | None = None

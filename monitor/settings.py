@@ -9,10 +9,11 @@ SQLite path in ``storage.url`` against the working directory, as SQLAlchemy does
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -430,6 +431,28 @@ class LimitsSettings(_Strict):
         "broker timestamp (or now); default: no bound, since backfills are legitimate.")
 
 
+class AlertSettings(_Strict):
+    """Links the drift alert carries (exported as ``driftline_alert_links_info``)."""
+
+    dashboard_url: str = Field(
+        default="http://localhost:3000/d/driftline-overview/driftline-overview?var-model={model}",
+        description="The Grafana dashboard of a model; {model} is replaced by its name.")
+    runbook_url: str = Field(
+        default="", description="Your copy of docs/runbook.md (what to do when an alert "
+        "fires); {model} is replaced by the model's name. Empty: the alert names the file.")
+
+    @field_validator("dashboard_url", "runbook_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL (or empty), got {v!r}")
+        return v
+
+    def links(self, model: str) -> tuple[str, str]:
+        return (self.dashboard_url.replace("{model}", model),
+                self.runbook_url.replace("{model}", model))
+
+
 class Settings(_Strict):
     source: SourceSettings = Field(default_factory=SourceSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
@@ -437,6 +460,8 @@ class Settings(_Strict):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     models: tuple[ModelSettings, ...] = Field(min_length=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @model_validator(mode="after")
     def _labels_need_a_topic(self) -> Settings:
@@ -458,7 +483,10 @@ class Settings(_Strict):
         return v
 
 
-def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
+def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Apply the overrides; returns each overridden key path (as errors print it) -> the
+    variable that set it, so a validation error there names the variable."""
+    applied: dict[str, str] = {}
     for var, raw in sorted(env.items()):
         if not var.startswith(ENV_PREFIX):
             continue
@@ -491,6 +519,61 @@ def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
             else:
                 raise ConfigError(
                     f"environment variable {var}: '{'.'.join(path[:i])}' is not a mapping")
+        applied[_loc(tuple(int(p) if p.isdigit() else p for p in path))] = var
+    return applied
+
+
+def _inner_model(tp: Any) -> type[BaseModel] | None:
+    """The settings class inside an annotation (Optional, tuple[...], Annotated, unions)."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in get_args(tp):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(loc: tuple[int | str, ...]) -> list[str] | None:
+    """The keys the settings class at ``loc`` takes (None: not a settings class)."""
+    cls: type[BaseModel] | None = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list: the same class
+        if cls is None:
+            return None
+        if part in cls.model_fields:
+            cls = _inner_model(cls.model_fields[part].annotation)
+        elif part in ("count", "time") and cls is CountWindow:
+            cls = CountWindow if part == "count" else TimeWindow  # the discriminator's tag
+        else:
+            return None
+    return sorted(cls.model_fields) if cls is not None else None
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """For an unknown key: the closest valid key, or the valid keys."""
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    keys = _keys_at(loc[:-1])
+    if not keys:
+        return ""
+    close = difflib.get_close_matches(loc[-1], keys, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return f" (valid keys: {', '.join(keys)})"
+
+
+def _error_line(e: Any, env_keys: Mapping[str, str]) -> str:
+    where = _loc(e["loc"])
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = f"{msg} (unknown key){_did_you_mean(tuple(e['loc']))}"
+    var = next((v for k, v in env_keys.items()
+                if where == k or where.startswith((k + ".", k + "["))), None)
+    if var is not None:
+        return f"  {where} (set by environment variable {var}): {msg}"
+    return f"  {where}: {msg}"
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -543,7 +626,7 @@ def parse_settings(doc: Any, *, source: str = "<settings>", base_dir: Path | Non
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(doc).__name__}")
-    _apply_env(doc, os.environ if env is None else env)
+    env_keys = _apply_env(doc, os.environ if env is None else env)
     try:
         settings = Settings.model_validate(doc)
     except ValidationError as exc:
@@ -551,9 +634,11 @@ def parse_settings(doc: Any, *, source: str = "<settings>", base_dir: Path | Non
         # pydantic also reports a list as "too short" when one of its items failed; the
         # item's own error is the useful one.
         failed = {e["loc"][:1] for e in errors if len(e["loc"]) > 1}
-        lines = [f"  {_loc(e['loc'])}: {e['msg']}" for e in errors
+        lines = [_error_line(e, env_keys) for e in errors
                  if not (e["type"] == "too_short" and tuple(e["loc"]) in failed)]
-        raise ConfigError(f"{source}: invalid settings\n" + "\n".join(lines)) from None
+        what = ("invalid settings" if not env_keys else
+                "invalid settings (file and DRIFTLINE__* environment variables)")
+        raise ConfigError(f"{source}: {what}\n" + "\n".join(lines)) from None
     return _resolve_paths(settings, base_dir or Path.cwd())
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the real services the integration tests start (Debian/Ubuntu; run as root in CI):
-# Prometheus, Alertmanager, PostgreSQL, a Java 17+ runtime and Maven, then fetch the Kafka
-# jars (scripts/kafka.sh fetch). Idempotent: installs only what is missing, and runs
+# Prometheus, Alertmanager, PostgreSQL, a Java 17+ runtime and Maven, headless Chromium (the
+# HTML report's rendering test), then fetch the Kafka jars (scripts/kafka.sh fetch). Idempotent: installs only what is missing, and runs
 # `apt-get update` only then. Python packages are not installed here.
 #
 # The tests start their own instances on free ports, so the system services these packages
@@ -36,6 +36,8 @@ done
 # Kafka 4.x needs Java 17+.
 (( $(java_major) >= 17 )) || missing+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
+# `driftline report` is rendered and screenshotted in headless Chromium by the tests.
+command -v chromium >/dev/null 2>&1 || installed chromium || missing+=(chromium)
 
 if (( ${#missing[@]} > 0 )); then
   [[ "$(id -u)" -eq 0 ]] || die "missing ${missing[*]}; re-run as root (sudo $0)"
@@ -81,4 +83,5 @@ fi
 log "ok: $(prometheus --version 2>&1 | head -n1)"
 log "ok: $(prometheus-alertmanager --version 2>&1 | head -n1)"
 log "ok: postgresql $(ls /usr/lib/postgresql | sort -V | tail -n1), java $(java_major), $(mvn -v 2>/dev/null | head -n1 | sed 's/\x1b\[[0-9;]*m//g')"
+log "ok: $(chromium --version 2>/dev/null | head -n1)"
 log "ok: kafka jars in $("$HERE/kafka.sh" fetch)"

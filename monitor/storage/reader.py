@@ -31,6 +31,9 @@ class StoredFeature:
     adjusted_p_value: float | None
     drifted: bool
     n_current: int | None
+    # Bounded picture of the window against the reference, stored with the feature's
+    # first result of the window (see monitor.components.FeatureSummaries); else None.
+    summary: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,8 @@ class WindowResults:
 def _feature(d: Mapping[str, Any]) -> StoredFeature:
     return StoredFeature(feature=str(d["feature"]), statistic=d.get("statistic"),
                          p_value=d.get("p_value"), adjusted_p_value=d.get("adjusted_p_value"),
-                         drifted=bool(d.get("drifted")), n_current=d.get("n_current"))
+                         drifted=bool(d.get("drifted")), n_current=d.get("n_current"),
+                         summary=d.get("summary"))
 
 
 def _result(r: ResultRow) -> StoredResult:

@@ -11,6 +11,7 @@ transaction too.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -41,6 +42,22 @@ _SCHEMA_LOCK = SCHEMA_LOCK  # the old name
 def _finite_or_none(x: float | None) -> float | None:
     # JSON and some databases cannot hold NaN/inf; a missing value is the honest encoding.
     return None if x is None or not math.isfinite(x) else float(x)
+
+
+#: Largest summary stored with a feature (JSON characters); a larger one is left out.
+MAX_SUMMARY_CHARS = 8192
+
+
+def _feature_entry(f: Any, summary: Mapping[str, Any] | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "feature": f.feature, "statistic": _finite_or_none(f.statistic),
+        "p_value": _finite_or_none(f.p_value),
+        "adjusted_p_value": _finite_or_none(f.adjusted_p_value),
+        "drifted": f.drifted, "n_current": f.n_current,
+    }
+    if summary is not None and len(json.dumps(summary)) <= MAX_SUMMARY_CHARS:
+        entry["summary"] = dict(summary)
+    return entry
 
 
 def _upsert(session: Session, row_cls: type[Base], values: dict[str, Any],
@@ -153,6 +170,7 @@ class SqlStore:
             "evaluated_at": datetime.fromtimestamp(r.evaluated_at, UTC),
             "error": r.error,
         }, ["model", "stream", "window_index"])
+        summaries = dict(r.summaries or {})  # each stored once, with its first result
         for res in r.results:
             _upsert(session, ResultRow, {
                 "model": r.model, "stream": r.stream, "window_index": r.window_index,
@@ -162,12 +180,8 @@ class SqlStore:
                 "drifted": res.drifted, "insufficient_data": res.insufficient_data,
                 "correction": res.correction, "n_reference": res.n_reference,
                 "n_current": res.n_current,
-                "features": [{
-                    "feature": f.feature, "statistic": _finite_or_none(f.statistic),
-                    "p_value": _finite_or_none(f.p_value),
-                    "adjusted_p_value": _finite_or_none(f.adjusted_p_value),
-                    "drifted": f.drifted, "n_current": f.n_current,
-                } for f in res.features],
+                "features": [_feature_entry(f, summaries.pop(f.feature, None))
+                             for f in res.features],
             }, ["model", "stream", "window_index", "detector"])
         for detector, state in (r.state or {}).items():
             # Same transaction as the window: a restart resumes exactly after it.

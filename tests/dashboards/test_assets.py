@@ -45,7 +45,8 @@ METRICS_PY = ROOT / "monitor" / "metrics.py"
 
 ALERTS = {"DriftlineDown", "DriftlineDriftDetected", "DriftlineHighRejectRate",
           "DriftlineStalled", "DriftlineNotCommitting", "DriftlineSinkErrors",
-          "DriftlineRetrainFailed", "DriftlineRetrainAwaitingApproval"}
+          "DriftlineRetrainFailed", "DriftlineRetrainAwaitingApproval",
+          "DriftlineEventTimeBehind", "DriftlineKafkaUnreachable", "DriftlineDatabaseFailing"}
 SERVICES = {"kafka", "postgres", "driftline", "prometheus", "alertmanager", "grafana"}
 VOLUMES = {"kafka-data", "postgres-data", "prometheus-data", "alertmanager-data",
            "grafana-data"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,6 +205,37 @@ def test_every_window_is_stored_in_postgres_with_drift_where_injected(stack: Sta
     # each window's offsets are contiguous on the one partition the model's key maps to
     parts = {key for r in rows for key in r["offsets"]}
     assert len(parts) == 1
+
+
+def test_the_log_tells_the_story(stack: Stack) -> None:
+    text = stack.log.read_text(errors="replace")
+    windows = re.findall(r"INFO driftline\.windows: model credit-risk features window (\d+) "
+                         r"\[\S+ \.\. \S+\] 2000 records: (.*)", text)
+    assert sorted(int(w) for w, _ in windows) == list(range(RECORDS // WINDOW))
+    for w, rest in windows:
+        drifted = int(w) >= DRIFT_AT // WINDOW
+        assert ("ks=drift(" in rest) == drifted, rest
+        assert ("drifted features: " in rest) == drifted, rest
+    started = re.findall(r"DRIFT STARTED: model credit-risk \(features\) at window (\d+) .*; "
+                         r"features (.*)", text)
+    assert [int(w) for w, _ in started] == [DRIFT_AT // WINDOW]
+    assert "income" in started[0][1]
+    assert "not found in cluster metadata" not in text
+    assert not re.search(r"ERROR kafka", text)
+    assert re.search(r"model credit-risk: reference ready \(\d+ rows, 2 detectors\)", text)
+
+
+def test_report_from_postgres_shows_where_drift_started(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    proc = subprocess.run([sys.executable, "-m", "monitor.cli", "report", "--db",
+                           stack.db_url, "--model", "credit-risk", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    page = out.read_text()
+    start = DRIFT_AT // WINDOW
+    assert f'Drift started in <a href="#w-credit-risk-features-{start}">window {start}</a>' \
+        in page
+    assert page.count('class="feature drifted"') >= 2
 
 
 def test_label_shift_weights_are_stored_and_scraped(stack: Stack) -> None:
