@@ -74,7 +74,8 @@ def register(sub: Any) -> argparse.ArgumentParser:
     rt = sub.add_parser("retrain", help="retraining requests: list, show, approve, reject, "
                         "cancel (and the built-in job)",
                         description="Inspect and steer retraining requests stored in the "
-                        "configured database (storage.url).")
+                        "configured database (storage.url).",
+                        epilog="example: driftline retrain list --config driftline.yml")
     cmds = rt.add_subparsers(dest="retrain_command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -87,7 +88,8 @@ def register(sub: Any) -> argparse.ArgumentParser:
     ls.add_argument("--model", help="only this model's requests (default: all)")
     ls.add_argument("--json", action="store_true", help="one JSON array (default: a table)")
     ls.set_defaults(fn=cmd_list)
-    show = cmds.add_parser("show", help="one request and its history")
+    show = cmds.add_parser("show", help="one request and its history",
+                           epilog="example: driftline retrain show --config driftline.yml ID")
     common(show)
     show.add_argument("id", help="the request id (see `list`)")
     show.set_defaults(fn=cmd_show)
@@ -95,7 +97,8 @@ def register(sub: Any) -> argparse.ArgumentParser:
             ("approve", "queued", "approved", "a request waiting for approval is queued"),
             ("reject", "rejected", "rejected", "a request waiting for approval is rejected"),
             ("cancel", "cancelled", "cancelled", "stop a request that is not finished")):
-        p = cmds.add_parser(name, help=what)
+        p = cmds.add_parser(name, help=what, epilog=f"example: driftline retrain {name} "
+                            "--config driftline.yml ID --reason 'checked the incident'")
         common(p)
         p.add_argument("id", help="the request id (see `list`)")
         p.add_argument("--reason", help="recorded in the request's history")
