@@ -270,7 +270,7 @@ class Debounce(_Strict):
 class BackendSettings(_Strict):
     """Where a retraining request is sent (``kind``), and how."""
 
-    kind: Literal["builtin", "command", "webhook", "kafka"]
+    kind: Literal["builtin", "command", "webhook", "kafka", "ray"]
     command: tuple[str, ...] | None = Field(
         default=None, description="command: argv; the request is JSON on stdin and in "
         "DRIFTLINE_REQUEST_* environment variables.")
@@ -279,13 +279,21 @@ class BackendSettings(_Strict):
                             description="webhook: the endpoint (http:// or https://).")
     secret_file: Path | None = Field(default=None, description="webhook: HMAC-SHA256 key.")
     topic: str | None = Field(default=None, description="kafka: CloudEvents topic.")
+    address: str | None = Field(default=None, pattern=r"^https?://",
+                                description="ray: the Ray Jobs API (the dashboard address).")
+    entrypoint: str = Field(
+        default="driftline retrain run --config {config} --model {model} --request {id}",
+        description="ray: the job's shell command; {id}, {model}, {action}, {config} filled in.")
+    jobs_dir: Path = Field(default=Path("driftline-jobs"), description="builtin: job logs and "
+                           "result files (relative to the settings file).")
     timeout_seconds: float = Field(default=30, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     backoff_seconds: float = Field(default=5, gt=0)
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> BackendSettings:
-        need = {"command": "command", "webhook": "url", "kafka": "topic"}.get(self.kind)
+        need = {"command": "command", "webhook": "url", "kafka": "topic",
+                "ray": "address"}.get(self.kind)
         if need and getattr(self, need) is None:
             raise ValueError(f"kind '{self.kind}' needs '{need}'")
         if self.kind == "webhook" and self.secret_file is not None \

@@ -7,8 +7,10 @@ offset) or raises :class:`BackendError` with a reason that holds no secret.
 * ``command``: any program; the request is JSON on stdin and in ``DRIFTLINE_REQUEST_*``
   environment variables. Exit 0 is success. (``kubectl create job``, ``argo submit``, a
   Makefile...)
-* ``builtin``: ``driftline retrain run`` as a local subprocess (``torchrun`` with ``nproc``
-  > 1), the built-in fine-tuning job; its exit status and result file feed the state.
+* ``builtin``: ``driftline retrain run`` as a local background process (``torchrun`` with
+  ``nproc`` > 1), the built-in fine-tuning job; its result file (or its exit) feeds the state.
+* ``ray``: a Ray job (Ray Jobs API, ``submission_id`` = request id) running ``entrypoint``;
+  its status feeds the state.
 * ``webhook``: an HTTP(S) POST of the JSON request with ``Idempotency-Key``, and
   ``X-Driftline-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`` when a secret is
   configured; 2xx and 409 (already exists) are success.
@@ -82,25 +84,77 @@ class CommandBackend:
         return out[-1][:500] if out else f"exit-0:{request['id']}"
 
 
-class BuiltinBackend(CommandBackend):
-    """``driftline retrain run`` for the request's model, as a subprocess."""
+class BuiltinBackend:
+    """``driftline retrain run`` for the request's model, started in the background.
+
+    The job writes ``<jobs_dir>/<id>.json`` (its machine-readable result) and logs to
+    ``<jobs_dir>/<id>.log``; :meth:`status` reads the result, or whether the process still
+    runs (the external id is ``pid:<pid>``), so a restarted daemon still learns the outcome.
+    """
 
     kind = "builtin"
 
     def __init__(self, cfg: BackendSettings, config_path: Path | None) -> None:
         if config_path is None:
             raise MonitorError("retrain.action.kind 'builtin' needs the daemon's settings file")
-        run = [sys.executable, "-m", "monitor.cli", "retrain", "run", "--config",
-               str(config_path)]
-        if cfg.nproc > 1:
-            run = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={cfg.nproc}", "-m", "monitor.cli", "retrain", "run",
-                   "--config", str(config_path)]
-        super().__init__(cfg, tuple(run))
+        self.config_path = config_path
+        self.jobs_dir = (cfg.jobs_dir if cfg.jobs_dir.is_absolute()
+                         else config_path.parent / cfg.jobs_dir)
+        self.nproc = cfg.nproc
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def argv(self, request: Mapping[str, Any]) -> list[str]:
+        job = ["-m", "monitor.cli", "retrain", "run", "--config", str(self.config_path),
+               "--model", str(request["model"]), "--request", str(request["id"]),
+               "--result", str(self.result_path(str(request["id"])))]
+        if self.nproc > 1:
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={self.nproc}", *job]
+        return [sys.executable, *job]
+
+    def result_path(self, rid: str) -> Path:
+        return self.jobs_dir / f"{rid}.json"
 
     def submit(self, request: Mapping[str, Any]) -> str:
-        return self._run([*self.argv, "--model", str(request["model"]),
-                          "--request", str(request["id"])], request)
+        rid = str(request["id"])
+        if self.result_path(rid).exists():  # it ran already (a re-send after a crash)
+            return f"done:{rid}"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        with (self.jobs_dir / f"{rid}.log").open("ab") as log_file:
+            try:
+                proc = subprocess.Popen(self.argv(request), stdin=subprocess.DEVNULL,
+                                        stdout=log_file, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **request_env(request)},
+                                        start_new_session=True)
+            except OSError as exc:
+                raise BackendError(f"cannot start the retraining job: {exc.strerror}") from None
+        self._procs[proc.pid] = proc
+        return f"pid:{proc.pid}"
+
+    def status(self, external_id: str, request_id: str) -> tuple[str, str] | None:
+        """(succeeded | failed | running, reason), or None when unknown."""
+        result = self.result_path(request_id)
+        if result.exists():
+            try:
+                doc = json.loads(result.read_text())
+            except (OSError, ValueError) as exc:
+                return "failed", f"unreadable job result {result}: {exc}"
+            status = str(doc.get("status", "failed"))
+            ok = status in ("succeeded", "promoted", "rejected", "completed")
+            return ("succeeded" if ok else "failed"), f"job {status}: " \
+                f"{doc.get('reason') or doc.get('verdict') or ''}".strip()
+        if not external_id.startswith("pid:"):
+            return None
+        pid = int(external_id[4:])
+        proc = self._procs.get(pid)
+        if proc is not None:
+            code = proc.poll()
+            if code is None:
+                return "running", "the job is running"
+            return "failed", f"the job exited {code} without writing {result.name}"
+        if Path(f"/proc/{pid}").exists():
+            return "running", "the job is running"
+        return "failed", f"the job (pid {pid}) ended without writing {result.name}"
 
 
 class WebhookBackend:
@@ -246,6 +300,62 @@ def cloud_event(request: Mapping[str, Any]) -> dict[str, Any]:
             "datacontenttype": "application/json", "data": dict(request)}
 
 
+class RayBackend:
+    """A Ray job per request through the Ray Jobs API; ``submission_id`` is the request id."""
+
+    kind = "ray"
+
+    def __init__(self, cfg: BackendSettings, config_path: Path | None) -> None:
+        try:
+            from ray.job_submission import JobSubmissionClient  # noqa: F401
+        except ImportError:
+            raise MonitorError("retrain.action.kind 'ray' needs the ray extra: "
+                               "pip install 'driftline[ray]'") from None
+        assert cfg.address is not None
+        self.address = cfg.address
+        self.entrypoint = cfg.entrypoint
+        self.config_path = config_path
+
+    def _client(self) -> Any:
+        from ray.job_submission import JobSubmissionClient
+
+        try:
+            return JobSubmissionClient(self.address)
+        except Exception as exc:  # ConnectionError and Ray's own errors
+            raise BackendError(f"Ray Jobs API at {self.address} unreachable: "
+                               f"{type(exc).__name__}") from None
+
+    def submit(self, request: Mapping[str, Any]) -> str:
+        rid = str(request["id"])
+        entrypoint = self.entrypoint.format(
+            id=shlex.quote(rid), model=shlex.quote(str(request["model"])),
+            action=shlex.quote(str(request["action"])),
+            config=shlex.quote(str(self.config_path or "")))
+        try:
+            return str(self._client().submit_job(
+                entrypoint=entrypoint, submission_id=rid,
+                metadata={"driftline_model": str(request["model"]),
+                          "driftline_action": str(request["action"])}))
+        except BackendError:
+            raise
+        except Exception as exc:
+            if "already exists" in str(exc):  # the idempotency key did its job
+                return rid
+            raise BackendError(f"Ray job submission failed: {type(exc).__name__}: "
+                               f"{str(exc)[:200]}") from None
+
+    def status(self, external_id: str, request_id: str) -> tuple[str, str] | None:
+        try:
+            status = str(self._client().get_job_status(external_id)).rsplit(".", 1)[-1]
+        except Exception:
+            return None  # unreachable now: ask again next round
+        if status in ("PENDING", "RUNNING"):
+            return "running", f"Ray job {status.lower()}"
+        if status == "SUCCEEDED":
+            return "succeeded", "Ray job succeeded"
+        return "failed", f"Ray job {status.lower()}"
+
+
 def build_backend(cfg: BackendSettings, *, kafka: Any = None,
                   config_path: Path | None = None) -> Backend:
     if cfg.kind == "command":
@@ -254,6 +364,8 @@ def build_backend(cfg: BackendSettings, *, kafka: Any = None,
         return BuiltinBackend(cfg, config_path)
     if cfg.kind == "webhook":
         return WebhookBackend(cfg)
+    if cfg.kind == "ray":
+        return RayBackend(cfg, config_path)
     return KafkaBackend(cfg, kafka)
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
+from monitor.errors import MonitorError
 from monitor.metrics import Metrics
 from monitor.retrain.backends import Backend, BackendError
 from monitor.retrain.store import RetrainStore, _add_event
@@ -99,6 +100,7 @@ class Dispatcher:
         for row in self.claim():
             if self._dispatch(row):
                 done += 1
+        self._follow_jobs()
         self._export_in_flight()
         if time.monotonic() - self._last_prune > 60:
             self._last_prune = time.monotonic()
@@ -190,6 +192,30 @@ class Dispatcher:
                               updated_at=datetime.now(UTC)))
         log.warning("model %s: retraining request %s: attempt %d failed (%s); next in %.0fs",
                     row.model, row.id, attempts, reason, delay)
+
+    def _follow_jobs(self) -> None:
+        """dispatched -> running -> succeeded | failed, for backends that can tell."""
+        for r in self.store.requests():
+            if r.state not in ("dispatched", "running") or r.model not in self.backends:
+                continue
+            status = getattr(self.backends[r.model], "status", None)
+            if status is None or r.external_id is None:
+                continue
+            seen = status(r.external_id, r.id)
+            if seen is None or seen[0] == r.state:
+                continue
+            new, reason = seen
+            steps = ["running", new] if r.state == "dispatched" and new != "running" else [new]
+            for step in steps:
+                try:
+                    self.store.transition(r.id, step, reason)
+                except MonitorError:
+                    break  # moved meanwhile (another daemon, an operator)
+                if step in ("succeeded", "failed"):
+                    self.metrics.retrain_requests.labels(model=r.model, action=r.action,
+                                                         outcome=step).inc()
+                    log.info("model %s: retraining request %s %s (%s)", r.model, r.id, step,
+                             reason)
 
     def _export_in_flight(self) -> None:
         counts = {m: 0 for m in self.backends}
