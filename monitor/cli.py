@@ -189,7 +189,7 @@ def _retrain_run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from monitor.retrain_job import read_rows, run_job
-    from training import LabelledRows
+    from training import GateConfig, LabelledRows, TrainConfig
 
     m, spec = _retrain_model(args)
     features = tuple(f.name for f in m.features if f.type == "numeric")  # type: ignore[attr-defined]
@@ -217,6 +217,9 @@ def _retrain_run(args: argparse.Namespace) -> int:
         model_path=m.embedding.model.path, reference=reference,  # type: ignore[attr-defined]
         features=features, strategy=args.strategy, action=args.action, label_weights=weights,
         device=args.device, nproc=args.nproc, seed=args.seed, request_id=args.request,
+        train=TrainConfig(epochs=args.epochs),
+        gate_config=GateConfig(alpha=args.alpha, min_gain=args.min_gain,
+                               max_reference_drop=args.max_reference_drop),
         dry_run=args.dry_run, result_path=args.result)
     print(json.dumps({k: result.as_dict()[k] for k in (
         "status", "model", "version", "champion_before", "champion_after", "reason")}))
@@ -300,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--nproc", type=int, default=1, help="data-parallel processes")
     rr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (no silent fallback)")
     rr.add_argument("--seed", type=int, default=0)
+    rr.add_argument("--epochs", type=int, default=20, help="most epochs per learning rate")
+    rr.add_argument("--alpha", type=float, default=0.05, help="gate: paired test level")
+    rr.add_argument("--min-gain", type=float, default=0.0, help="gate: least accuracy gain")
+    rr.add_argument("--max-reference-drop", type=float, default=0.02,
+                    help="gate: most accuracy lost on the reference holdout")
     rr.add_argument("--dry-run", action="store_true", help="select the data, train nothing")
     rr.add_argument("--result", help="write the machine-readable result JSON here")
     rp = rt_sub.add_parser("promote", help="make a version the champion")

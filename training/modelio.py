@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,14 @@ def save_weights(module: nn.Module, spec: ModelSpec, folder: Path) -> Path:
     """Write ``module`` into ``folder`` in ``spec``'s form; returns the file."""
     path = folder / spec.filename
     if spec.kind == "torchscript":
-        scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(
-            module)
-        torch.jit.save(scripted, str(path))
+        with warnings.catch_warnings():
+            # torch >= 2.9 deprecates TorchScript; a model deployed as TorchScript is still
+            # stored as one (embeddings/loading.py reads it the same way)
+            warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated",
+                                    category=FutureWarning)
+            scripted = (module if isinstance(module, torch.jit.ScriptModule)
+                        else torch.jit.script(module))
+            torch.jit.save(scripted, str(path))
     else:
         torch.save({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
                    path)

@@ -54,7 +54,7 @@ def test_too_few_labelled_rows_is_a_clear_error() -> None:
     r = rows(300)
     y = r.y.astype(np.float64)
     y[:150] = np.nan  # unlabelled rows do not count
-    with pytest.raises(InsufficientDataError, match="150 labelled rows.*min_rows=200"):
+    with pytest.raises(InsufficientDataError, match=r"150 labelled rows.*min_rows=200"):
         split_by_time(LabelledRows(r.x, y, r.times))
     with pytest.raises(InsufficientDataError, match="holdout needs >= 100"):
         split_by_time(rows(250), config=SplitConfig(min_holdout=100))

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 from scipy import stats
+from training_test_nets import concept, mlp4, quick
 
 from training import GateConfig, LabelledRows, fit, gate, mcnemar_exact, predict, sign_test
 from training.data import DataSplit
-from training_test_nets import concept, mlp4, quick
 
 
 def test_mcnemar_is_the_exact_binomial_tail() -> None:

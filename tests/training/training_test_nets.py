@@ -12,7 +12,7 @@ from training.models import mlp
 
 def mlp4() -> nn.Module:
     """The toy concept's MLP: 4 features, 2 classes."""
-    return mlp(4, 2, hidden=(16,))
+    return mlp(4, 2, hidden=(32, 32))
 
 
 class Scaled(nn.Module):
@@ -27,10 +27,15 @@ class Scaled(nn.Module):
 
 
 def concept(n: int, *, flipped: bool, seed: int) -> LabelledRows:
-    """4 features; y = [x0 + x1 > 0] before the drift, [x0 - x1 > 0] after."""
+    """4 features, y = [x0 + x1 > 0]. After the drift ("flipped") the inputs move to a
+    new region (x2 around 3) where the concept is y = [x0 > 0]: the old model is wrong
+    there a quarter of the time, and a model can learn both regions (replay keeps the
+    old one)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 4)).astype(np.float32)
-    y = ((x[:, 0] - x[:, 1] if flipped else x[:, 0] + x[:, 1]) > 0).astype(np.int64)
+    if flipped:
+        x[:, 2] += 3.0
+    y = ((x[:, 0] if flipped else x[:, 0] + x[:, 1]) > 0).astype(np.int64)
     return LabelledRows(x, y, np.arange(n, dtype=np.float64))
 
 
