@@ -97,9 +97,10 @@ def _world() -> tuple[int, int]:
 
 
 def _tensors(rows: LabelledRows, task: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.as_tensor(np.asarray(rows.x, dtype=np.float32))
-    y = torch.as_tensor(np.asarray(rows.y, dtype=np.int64 if task == "classification"
-                                   else np.float32))
+    # torch.tensor copies: inputs may be read-only views (pandas, memory maps)
+    x = torch.tensor(np.asarray(rows.x, dtype=np.float32))
+    y = torch.tensor(np.asarray(rows.y, dtype=np.int64 if task == "classification"
+                                else np.float32))
     return x, y
 
 
@@ -117,7 +118,7 @@ def predict(model: nn.Module, x: np.ndarray, *, device: str = "cpu",
     outs = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xb = torch.as_tensor(np.asarray(x[i:i + batch_size], dtype=np.float32), device=dev)
+            xb = torch.tensor(np.asarray(x[i:i + batch_size], dtype=np.float32), device=dev)
             outs.append(model(xb).float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 

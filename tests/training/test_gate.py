@@ -67,12 +67,12 @@ def test_simulated_equal_models_are_promoted_at_most_alpha() -> None:
 
 
 def test_genuine_retrain_with_another_seed_is_promoted_at_most_alpha() -> None:
-    """Real retrains, reduced to 20 pairs here (each trial trains two MLPs; the 200-trial
+    """Real retrains, reduced to 12 pairs here (each trial trains two MLPs; the 200-trial
     figure comes from ``benchmarks/bench_retrain.py --calibration 200``). Champion and
     challenger are the same recipe on the same data with different seeds, trained to
     convergence: seed-to-seed differences are then too small to pass the gate."""
     t0 = time.perf_counter()
-    promoted, trials = 0, 20
+    promoted, trials = 0, 12
     data = concept(1700, flipped=False, seed=11)
     noisy = np.where(np.random.default_rng(3).random(1700) < 0.2, 1 - data.y, data.y)
     split = DataSplit(train=LabelledRows(data.x[:1000], noisy[:1000]),
