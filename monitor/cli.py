@@ -9,9 +9,14 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from monitor import __version__
 from monitor.errors import ConfigError, MonitorError, SinkError
+
+if TYPE_CHECKING:
+    from monitor.settings import ModelSettings
+    from training import ModelSpec
 
 log = logging.getLogger("driftline")
 
@@ -145,8 +150,8 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def _retrain_model(args: argparse.Namespace) -> tuple[object, object]:
-    """The settings' model ``args.model`` and its deployed-model spec (training.ModelSpec)."""
+def _retrain_model(args: argparse.Namespace) -> tuple[ModelSettings, ModelSpec]:
+    """The settings' model ``args.model`` and its deployed-model spec."""
     from monitor.settings import load_settings
     from training import ModelSpec
 
@@ -192,7 +197,7 @@ def _retrain_run(args: argparse.Namespace) -> int:
     from training import GateConfig, LabelledRows, TrainConfig
 
     m, spec = _retrain_model(args)
-    features = tuple(f.name for f in m.features if f.type == "numeric")  # type: ignore[attr-defined]
+    features = tuple(f.name for f in m.features if f.type == "numeric")
     if args.data is None:
         raise ConfigError("--data FILE (CSV or JSONL with the features, label, timestamp) is "
                           "needed until the capture table reader is wired in")
@@ -200,12 +205,13 @@ def _retrain_run(args: argparse.Namespace) -> int:
         rows = read_rows(args.data, features)
         reference = None
         try:
-            reference = read_rows(m.reference.path, features, timestamp=None)  # type: ignore[attr-defined]
+            reference = read_rows(m.reference.path, features, timestamp=None)
         except ValueError as exc:
             log.warning("no replay: the reference has no usable label column (%s)", exc)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    shape = m.embedding.model.shape  # type: ignore[attr-defined]
+    assert m.embedding is not None  # checked by _retrain_model
+    shape = m.embedding.model.shape
     if shape and tuple(shape) != (len(features),):
         rows = LabelledRows(rows.x.reshape(len(rows), *shape), rows.y, rows.times)
         if reference is not None:
@@ -213,8 +219,8 @@ def _retrain_run(args: argparse.Namespace) -> int:
     weights = (np.asarray([float(w) for w in args.label_weights.split(",")])
                if args.label_weights else None)
     result = run_job(
-        args.model, rows, registry_dir=args.registry, model=spec,  # type: ignore[arg-type]
-        model_path=m.embedding.model.path, reference=reference,  # type: ignore[attr-defined]
+        args.model, rows, registry_dir=args.registry, model=spec,
+        model_path=m.embedding.model.path, reference=reference,
         features=features, strategy=args.strategy, action=args.action, label_weights=weights,
         device=args.device, nproc=args.nproc, seed=args.seed, request_id=args.request,
         train=TrainConfig(epochs=args.epochs),
