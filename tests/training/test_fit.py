@@ -115,3 +115,22 @@ def test_two_processes_give_the_same_model_as_one(champion, split) -> None:
                          strict=True):
         assert torch.allclose(a, b, atol=1e-5), k
     assert two.val_loss == pytest.approx(one.val_loss, rel=1e-5)
+
+
+def test_bf16_autocast_on_the_cpu_when_asked(champion, split) -> None:
+    result = fit(champion, split, quick(precision="bf16", epochs=2))
+    assert np.isfinite(result.val_loss)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())  # weights fp32
+
+
+def test_regression_task(split) -> None:
+    from training.models import mlp
+
+    x = split.train.x
+    target = LabelledRows(x, (x[:, 0] * 2.0 - x[:, 1]).astype(np.float32))
+    val = LabelledRows(split.validation.x, (split.validation.x[:, 0] * 2.0
+                                            - split.validation.x[:, 1]).astype(np.float32))
+    data = type(split)(target, val, val, None)
+    torch.manual_seed(0)
+    result = fit(mlp(4, 1, (16,)), data, quick(task="regression", epochs=10))
+    assert result.val_metric < 0.5  # mean absolute error, the target's spread is ~2.2
