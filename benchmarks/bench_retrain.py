@@ -2,7 +2,7 @@
 CNN, and the gate's false-promotion rate over real retrains with another seed.
 
     python benchmarks/bench_retrain.py                      # full figures
-    python benchmarks/bench_retrain.py --calibration 200    # + 200 retrain pairs (minutes)
+    python benchmarks/bench_retrain.py --calibration 200    # + 200 retrain pairs (~3 min)
 
 Protocol (NOAA, 18,159 days, 8 features, rain label, concept drift from row 12,000): an MLP
 champion is trained on rows 0-6,000 (5,000 train, 1,000 validation). The pre-drift level is

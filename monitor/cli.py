@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--seed", type=int, default=0)
     rr.add_argument("--epochs", type=int, default=20, help="most epochs per learning rate")
     rr.add_argument("--alpha", type=float, default=0.05, help="gate: paired test level")
-    rr.add_argument("--min-gain", type=float, default=0.0, help="gate: least accuracy gain")
+    rr.add_argument("--min-gain", type=float, default=0.02,
+                    help="gate: least accuracy gain (points as a fraction)")
     rr.add_argument("--max-reference-drop", type=float, default=0.02,
                     help="gate: most accuracy lost on the reference holdout")
     rr.add_argument("--dry-run", action="store_true", help="select the data, train nothing")

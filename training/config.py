@@ -121,13 +121,18 @@ class GateConfig:
 
     * the one-sided paired test (exact McNemar on disagreements; exact sign test on absolute
       errors for regression) is significant at ``alpha``;
-    * the gain (accuracy, or mean-absolute-error reduction) is at least ``min_gain``;
+    * the gain (accuracy points; regression: the share of the champion's mean absolute
+      error removed) is at least ``min_gain``;
     * on the reference holdout the challenger loses at most ``max_reference_drop``
-      (accuracy, or mean absolute error added).
+      (accuracy points; regression: mean absolute error added, as a share).
     """
 
     alpha: float = 0.05
-    min_gain: float = 0.0
+    # Two points by default: the exact test is calibrated for two fixed models on a random
+    # holdout, not for training noise. The same recipe retrained with another seed differs
+    # by up to ~2 points and passed the test alone in 10-12% of 200 NOAA trials; with a
+    # 0.02 margin in 0-0.5% (benchmarks/bench_retrain.py --calibration 200).
+    min_gain: float = 0.02
     max_reference_drop: float = 0.02
 
     def __post_init__(self) -> None:

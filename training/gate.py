@@ -28,9 +28,10 @@ class GateResult:
     """The verdict and everything it was decided on.
 
     ``champion_metric``/``challenger_metric``: holdout accuracy (or mean absolute error);
-    ``gain``: challenger minus champion accuracy (or champion minus challenger MAE);
-    ``b``/``c``: discordant rows favouring champion / challenger; ``reference_drop``:
-    accuracy lost (or MAE added) on the reference holdout, None without one.
+    ``gain``: challenger minus champion accuracy (regression: the champion's MAE reduced,
+    as a share of it, so ``min_gain`` needs no units); ``b``/``c``: discordant rows
+    favouring champion / challenger; ``reference_drop``: accuracy lost (regression: MAE
+    added, as a share of the champion's) on the reference holdout, None without one.
     """
 
     promote: bool
@@ -127,14 +128,18 @@ def gate(
     else:
         b, c, p = sign_test(s0, s1)
         m0, m1 = float(s0.mean()), float(s1.mean())
-        gain, test, metric = m0 - m1, "sign_test_one_sided", "mae"
+        gain = (m0 - m1) / m0 if m0 > 0 else 0.0
+        test, metric = "sign_test_one_sided", "mae"
     ref0 = ref1 = drop = None
     if reference_y is not None and reference_champion is not None \
             and reference_challenger is not None and len(reference_y):
         ref_y = np.asarray(reference_y)
         ref0 = float(score(ref_y, reference_champion).mean())
         ref1 = float(score(ref_y, reference_challenger).mean())
-        drop = ref0 - ref1 if task == "classification" else ref1 - ref0
+        if task == "classification":
+            drop = ref0 - ref1
+        else:
+            drop = (ref1 - ref0) / ref0 if ref0 > 0 else 0.0
     promote, reason = _decide(cfg, p, gain, drop)
     return GateResult(promote=promote, reason=reason, test=test, n=len(y), b=b, c=c,
                       p_value=p, alpha=cfg.alpha, metric=metric, champion_metric=m0,
