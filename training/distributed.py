@@ -81,8 +81,12 @@ def fit_distributed(model: nn.Module, split: DataSplit, config: TrainConfig | No
                             f"found {torch.cuda.device_count()}")
     with tempfile.TemporaryDirectory(prefix="driftline-ddp-") as tmp:
         store, out = os.path.join(tmp, "store"), os.path.join(tmp, "result.pkl")
-        mp.start_processes(_worker, args=(nproc, store, model.cpu(), split, cfg, out),
-                           nprocs=nproc, join=True, start_method=start_method)
+        try:
+            mp.start_processes(_worker, args=(nproc, store, model.cpu(), split, cfg, out),
+                               nprocs=nproc, join=True, start_method=start_method)
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            # a process raised or died: nothing was trained
+            raise TrainingError(f"data-parallel run failed: {exc}") from exc
         # rank 0 wrote the file itself, in this private folder: unpickling it is safe
         result = pickle.loads(Path(out).read_bytes())  # noqa: S301
     if isinstance(result, tuple) and result[0] == "diverged":
