@@ -9,9 +9,11 @@ rounding (the per-process loss is scaled so the average is the global batch's me
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +144,21 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str,
     return total / n, metric / n
 
 
+def clone_model(model: nn.Module) -> nn.Module:
+    """An independent copy; TorchScript through save/load (its deepcopy yields parameters
+    that are not leaves, which no optimiser accepts)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            # torch >= 2.9 deprecates TorchScript; a deployed TorchScript model stays one
+            warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated",
+                                    category=FutureWarning)
+            torch.jit.save(model, buffer)
+            buffer.seek(0)
+            return torch.jit.load(buffer, map_location="cpu")  # type: ignore[no-any-return]
+    return copy.deepcopy(model)
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up to 1, then cosine decay to 0 over the remaining steps."""
     if warmup and step < warmup:
@@ -172,7 +189,7 @@ def _fit_one(base: nn.Module, split: DataSplit, config: TrainConfig, lr: float,
                                                                   int, float, float, int]:
     rank, world = _world()
     set_seed(config.seed)
-    prep = prepare(copy.deepcopy(base), config, _scaled_lr(lr, config, world))
+    prep = prepare(clone_model(base), config, _scaled_lr(lr, config, world))
     model = prep.model.to(dev)
     opt = _optimizer(prep, config)
     base_lrs = [g["lr"] for g in opt.param_groups]

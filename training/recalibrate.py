@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
 
+from training.loop import clone_model
 from training.strategies import head_name
 
 __all__ = ["PriorCorrected", "recalibrate"]
@@ -41,7 +40,7 @@ def recalibrate(model: nn.Module, weights: np.ndarray, probe: np.ndarray) -> nn.
     model is wrapped in :class:`PriorCorrected`.
     """
     log_w = _log_weights(weights)
-    challenger = copy.deepcopy(model).cpu().eval()
+    challenger = clone_model(model).cpu().eval()
     x = torch.as_tensor(np.asarray(probe[:16], dtype=np.float32))
     with torch.no_grad():
         before = challenger(x)

@@ -134,3 +134,16 @@ def test_regression_task(split) -> None:
     torch.manual_seed(0)
     result = fit(mlp(4, 1, (16,)), data, quick(task="regression", epochs=10))
     assert result.val_metric < 0.5  # mean absolute error, the target's spread is ~2.2
+
+
+def test_torchscript_models_fine_tune(champion, split) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in 2.9+
+        scripted = torch.jit.script(champion)
+    before = scripted.state_dict()["0.weight"].clone()
+    result = fit(scripted, split, quick(strategy="gradual", epochs=4))
+    assert isinstance(result.model, torch.jit.ScriptModule)
+    assert torch.equal(scripted.state_dict()["0.weight"], before)  # champion untouched
+    assert accuracy(result.model, split.holdout) > accuracy(champion, split.holdout)
