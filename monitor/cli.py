@@ -1,4 +1,4 @@
-"""The ``driftline`` command: run, demo, produce, check-config, db."""
+"""The ``driftline`` command: run, demo, produce, check-config, db, retrain."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from monitor import __version__
 from monitor.errors import ConfigError, MonitorError, SinkError
+
+if TYPE_CHECKING:
+    from monitor.settings import ModelSettings
+    from training import ModelSpec
 
 log = logging.getLogger("driftline")
 
@@ -219,6 +224,88 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain_model(args: argparse.Namespace) -> tuple[ModelSettings, ModelSpec]:
+    """The settings' model ``args.model`` and its deployed-model spec."""
+    from monitor.settings import load_settings
+    from training import ModelSpec
+
+    settings = load_settings(args.config)
+    by_name = {m.name: m for m in settings.models}
+    if args.model not in by_name:
+        raise ConfigError(f"{args.config}: no model named {args.model!r} "
+                          f"(models: {', '.join(sorted(by_name))})")
+    m = by_name[args.model]
+    if m.embedding is None:
+        raise ConfigError(f"model {args.model!r} has no embedding.model: retraining needs the "
+                          "deployed torch model (kind state-dict or torchscript)")
+    em = m.embedding.model
+    if em.kind not in ("state-dict", "torchscript"):
+        raise ConfigError(f"model {args.model!r}: retraining supports kinds state-dict and "
+                          f"torchscript, not {em.kind!r}")
+    return m, ModelSpec(kind=em.kind.replace("-", "_"), factory=em.factory)
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from training import Registry, RegistryError
+
+    _setup_logging("INFO")
+    registry = Registry(args.registry)
+    try:
+        if args.retrain_command == "promote":
+            aliases = registry.promote(args.model, args.version, force=args.force)
+            print(f"{args.model}: champion {aliases.champion} (previous {aliases.previous})")
+            return 0
+        if args.retrain_command == "rollback":
+            aliases = registry.rollback(args.model)
+            print(f"{args.model}: rolled back to {aliases.champion}")
+            return 0
+    except RegistryError as exc:
+        raise ConfigError(str(exc)) from None
+    return _retrain_run(args)
+
+
+def _retrain_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from monitor.retrain_job import read_rows, run_job
+    from training import GateConfig, LabelledRows, TrainConfig
+
+    m, spec = _retrain_model(args)
+    features = tuple(f.name for f in m.features if f.type == "numeric")
+    if args.data is None:
+        raise ConfigError("--data FILE (CSV or JSONL with the features, label, timestamp) is "
+                          "needed until the capture table reader is wired in")
+    try:
+        rows = read_rows(args.data, features)
+        reference = None
+        try:
+            reference = read_rows(m.reference.path, features, timestamp=None)
+        except ValueError as exc:
+            log.warning("no replay: the reference has no usable label column (%s)", exc)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    assert m.embedding is not None  # checked by _retrain_model
+    shape = m.embedding.model.shape
+    if shape and tuple(shape) != (len(features),):
+        rows = LabelledRows(rows.x.reshape(len(rows), *shape), rows.y, rows.times)
+        if reference is not None:
+            reference = LabelledRows(reference.x.reshape(len(reference), *shape), reference.y)
+    weights = (np.asarray([float(w) for w in args.label_weights.split(",")])
+               if args.label_weights else None)
+    result = run_job(
+        args.model, rows, registry_dir=args.registry, model=spec,
+        model_path=m.embedding.model.path, reference=reference,
+        features=features, strategy=args.strategy, action=args.action, label_weights=weights,
+        device=args.device, nproc=args.nproc, seed=args.seed, request_id=args.request,
+        train=TrainConfig(epochs=args.epochs),
+        gate_config=GateConfig(alpha=args.alpha, min_gain=args.min_gain,
+                               max_reference_drop=args.max_reference_drop),
+        dry_run=args.dry_run, result_path=args.result)
+    print(json.dumps({k: result.as_dict()[k] for k in (
+        "status", "model", "version", "champion_before", "champion_after", "reason")}))
+    return 1 if result.status == "failed" else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftline", description=(
         "Drift-detection daemon: consumes inference logs from Kafka, tests each model's "
@@ -362,9 +449,44 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=f"example: driftline db {action} --config driftline.yml")
         act.add_argument("--config", required=True, help="settings YAML file (storage.url)")
     db.set_defaults(fn=cmd_db)
+
     from monitor.retrain.cli import register as register_retrain
 
-    register_retrain(sub)
+    # requests (list, show, approve, reject, cancel) and the job (run, promote, rollback)
+    rt_sub = register_retrain(sub)
+    rr = rt_sub.add_parser("run", help="train, gate and register a challenger",
+                           description="Exit 0 when a challenger was promoted or rejected "
+                           "(or a dry run), 1 when the job failed (result JSON says why).")
+    rr.add_argument("--config", required=True, help="settings YAML file (the model's spec)")
+    rr.add_argument("--model", required=True, help="the model's name in the settings file")
+    rr.add_argument("--request", help="retraining request id (recorded in the version)")
+    rr.add_argument("--data", help="labelled rows: CSV or JSONL with the features, "
+                    "'label' and 'timestamp' (the capture export)")
+    rr.add_argument("--strategy", choices=["head", "gradual", "full", "lora"], default="full")
+    rr.add_argument("--action", choices=["retrain", "recalibrate"], default="retrain")
+    rr.add_argument("--label-weights", help="recalibrate: comma-separated BBSE class weights")
+    rr.add_argument("--nproc", type=int, default=1, help="data-parallel processes")
+    rr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (no silent fallback)")
+    rr.add_argument("--seed", type=int, default=0)
+    rr.add_argument("--epochs", type=int, default=20, help="most epochs per learning rate")
+    rr.add_argument("--alpha", type=float, default=0.05, help="gate: paired test level")
+    rr.add_argument("--min-gain", type=float, default=0.02,
+                    help="gate: least accuracy gain (points as a fraction)")
+    rr.add_argument("--max-reference-drop", type=float, default=0.02,
+                    help="gate: most accuracy lost on the reference holdout")
+    rr.add_argument("--dry-run", action="store_true", help="select the data, train nothing")
+    rr.add_argument("--result", help="write the machine-readable result JSON here")
+    rp = rt_sub.add_parser("promote", help="make a version the champion")
+    rp.add_argument("--model", required=True, help="the model's name")
+    rp.add_argument("--version", required=True, help="the registry version to serve")
+    rp.add_argument("--force", action="store_true", help="promote even a rejected version")
+    rb = rt_sub.add_parser("rollback", help="make the previous version the champion again")
+    rb.add_argument("--model", required=True, help="the model's name")
+    for parser in (rr, rp, rb):
+        parser.add_argument("--registry", default="driftline-registry",
+                            help="model registry folder (default ./driftline-registry)")
+    for parser in (rr, rp, rb):
+        parser.set_defaults(fn=cmd_retrain)
     return p
 
 

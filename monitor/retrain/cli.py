@@ -68,11 +68,11 @@ def _move(to: str, verb: str) -> Any:
     return cmd
 
 
-def register(sub: Any) -> argparse.ArgumentParser:
-    """Add ``retrain`` and its operator commands; returns the ``retrain`` parser's
-    sub-command group owner so the job commands can be added beside them."""
-    rt = sub.add_parser("retrain", help="retraining requests: list, show, approve, reject, "
-                        "cancel (and the built-in job)",
+def register(sub: Any) -> Any:
+    """Add ``retrain`` and its operator commands; returns its sub-command group, to which
+    the job's commands (run, promote, rollback) are added beside them."""
+    rt = sub.add_parser("retrain", help="retraining requests (list, show, approve, reject, "
+                        "cancel) and the built-in job (run, promote, rollback)",
                         description="Inspect and steer retraining requests stored in the "
                         "configured database (storage.url).",
                         epilog="example: driftline retrain list --config driftline.yml")
@@ -103,4 +103,4 @@ def register(sub: Any) -> argparse.ArgumentParser:
         p.add_argument("id", help="the request id (see `list`)")
         p.add_argument("--reason", help="recorded in the request's history")
         p.set_defaults(fn=_move(to, verb))
-    return rt
+    return cmds
