@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from monitor import __version__
 from monitor.errors import ConfigError, MonitorError, SinkError
@@ -264,6 +264,40 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return _retrain_run(args)
 
 
+def _captured_rows(args: argparse.Namespace, features: tuple[str, ...]) -> Any:
+    """The training capture of request ``args.request``: labelled records since its
+    incident's first window (they include the incident's drifted windows)."""
+    import numpy as np
+
+    from monitor.retrain.store import RetrainStore
+    from monitor.settings import load_settings
+    from monitor.storage import SqlStore
+    from training import LabelledRows
+
+    store = SqlStore(load_settings(args.config).storage.url)
+    try:
+        retrain = RetrainStore(store.engine)
+        request = retrain.get(args.request)
+        if request.model != args.model:
+            raise ConfigError(f"request {args.request} is for model {request.model!r}, "
+                              f"not {args.model!r}")
+        rows = retrain.capture(args.model, since=request.first_event_time)
+    finally:
+        store.close()
+    if not rows:
+        raise ValueError(f"no captured records of model {args.model!r} since request "
+                         f"{args.request}'s incident began")
+    try:
+        x = np.asarray([[float(r["features"][f]) for f in features] for r in rows],
+                       dtype=np.float32)
+        y = np.asarray([float(r["label"]) for r in rows])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"captured records of {args.model!r}: a feature or label is not a "
+                         f"number ({exc})") from None
+    y_out = y.astype(np.int64) if np.all(y == np.round(y)) else y
+    return LabelledRows(x, y_out, np.asarray([r["event_time"] for r in rows]))
+
+
 def _retrain_run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -272,11 +306,13 @@ def _retrain_run(args: argparse.Namespace) -> int:
 
     m, spec = _retrain_model(args)
     features = tuple(f.name for f in m.features if f.type == "numeric")
-    if args.data is None:
-        raise ConfigError("--data FILE (CSV or JSONL with the features, label, timestamp) is "
-                          "needed until the capture table reader is wired in")
+    if args.data is None and args.request is None:
+        raise ConfigError("give --request ID (the incident's captured records are read from "
+                          "storage.url) or --data FILE (CSV or JSONL with the features, label "
+                          "and timestamp)")
     try:
-        rows = read_rows(args.data, features)
+        rows = (read_rows(args.data, features) if args.data is not None
+                else _captured_rows(args, features))
         reference = None
         try:
             reference = read_rows(m.reference.path, features, timestamp=None)

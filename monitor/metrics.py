@@ -46,7 +46,7 @@ LABEL_OUTCOMES: tuple[str, ...] = ("joined", "late", "orphan", "invalid", "repla
 
 #: Outcomes counted by ``driftline_retrain_requests_total``.
 RETRAIN_OUTCOMES: tuple[str, ...] = ("queued", "pending_approval", "collected", "dispatched",
-                                     "succeeded", "failed")
+                                     "succeeded", "promoted", "failed")
 
 #: Pipeline stages timed by ``driftline_stage_duration_seconds``.
 STAGES: tuple[str, ...] = ("poll", "decode", "detect", "sink", "commit")

@@ -132,7 +132,8 @@ class BuiltinBackend:
         return f"pid:{proc.pid}"
 
     def status(self, external_id: str, request_id: str) -> tuple[str, str] | None:
-        """(succeeded | failed | running, reason), or None when unknown."""
+        """(running | succeeded | promoted | failed, reason), or None when unknown. A job
+        whose challenger the gate rejected succeeded: the champion stays, as designed."""
         result = self.result_path(request_id)
         if result.exists():
             try:
@@ -140,9 +141,10 @@ class BuiltinBackend:
             except (OSError, ValueError) as exc:
                 return "failed", f"unreadable job result {result}: {exc}"
             status = str(doc.get("status", "failed"))
-            ok = status in ("succeeded", "promoted", "rejected", "completed")
-            return ("succeeded" if ok else "failed"), f"job {status}: " \
-                f"{doc.get('reason') or doc.get('verdict') or ''}".strip()
+            outcome = ("promoted" if status == "promoted" else
+                       "succeeded" if status in ("rejected", "dry_run") else "failed")
+            detail = doc.get("reason") or (doc.get("gate") or {}).get("verdict") or ""
+            return outcome, f"job {status}: {detail}".rstrip(": ")
         if not external_id.startswith("pid:"):
             return None
         pid = int(external_id[4:])

@@ -205,13 +205,15 @@ class Dispatcher:
             if seen is None or seen[0] == r.state:
                 continue
             new, reason = seen
-            steps = ["running", new] if r.state == "dispatched" and new != "running" else [new]
+            order = ["dispatched", "running", "succeeded", "promoted"]
+            steps = (["failed"] if new == "failed"
+                     else order[order.index(r.state) + 1:order.index(new) + 1])
             for step in steps:
                 try:
                     self.store.transition(r.id, step, reason)
                 except MonitorError:
                     break  # moved meanwhile (another daemon, an operator)
-                if step in ("succeeded", "failed"):
+                if step in ("succeeded", "failed", "promoted"):
                     self.metrics.retrain_requests.labels(model=r.model, action=r.action,
                                                          outcome=step).inc()
                     log.info("model %s: retraining request %s %s (%s)", r.model, r.id, step,
