@@ -22,6 +22,7 @@ offset) or raises :class:`BackendError` with a reason that holds no secret.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -135,7 +136,15 @@ class BuiltinBackend:
         """(running | succeeded | promoted | failed, reason), or None when unknown. A job
         whose challenger the gate rejected succeeded: the champion stays, as designed."""
         result = self.result_path(request_id)
+        pid = int(external_id[4:]) if external_id.startswith("pid:") else None
+        proc = self._procs.get(pid) if pid is not None else None
+        if proc is not None and proc.poll() is not None:
+            del self._procs[proc.pid]  # reaped: it exited
         if result.exists():
+            if proc is not None:  # it wrote its result: reap it as it exits
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+                    del self._procs[proc.pid]
             try:
                 doc = json.loads(result.read_text())
             except (OSError, ValueError) as exc:
@@ -145,10 +154,8 @@ class BuiltinBackend:
                        "succeeded" if status in ("rejected", "dry_run") else "failed")
             detail = doc.get("reason") or (doc.get("gate") or {}).get("verdict") or ""
             return outcome, f"job {status}: {detail}".rstrip(": ")
-        if not external_id.startswith("pid:"):
+        if pid is None:
             return None
-        pid = int(external_id[4:])
-        proc = self._procs.get(pid)
         if proc is not None:
             code = proc.poll()
             if code is None:
