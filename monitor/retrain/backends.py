@@ -139,12 +139,12 @@ class BuiltinBackend:
         pid = int(external_id[4:]) if external_id.startswith("pid:") else None
         proc = self._procs.get(pid) if pid is not None else None
         if proc is not None and proc.poll() is not None:
-            del self._procs[proc.pid]  # reaped: it exited
+            self._procs.pop(proc.pid, None)  # reaped: it exited
         if result.exists():
             if proc is not None:  # it wrote its result: reap it as it exits
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=10)
-                    del self._procs[proc.pid]
+                    self._procs.pop(proc.pid, None)
             try:
                 doc = json.loads(result.read_text())
             except (OSError, ValueError) as exc:
