@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from services.retrain import store_with_request
 
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.retrain.backends import BackendError, BuiltinBackend, WebhookBackend, cloud_event
 from monitor.retrain.dispatcher import Dispatcher
 from monitor.retrain.policy import Decision, Window
-from monitor.retrain.store import DecisionBuffer, RetrainStore, write_decision
+from monitor.retrain.store import write_decision
 from monitor.settings import BackendSettings, parse_settings
-from monitor.storage import SqlStore
 
 REQUEST = {"id": "rr-abc", "model": "m", "action": "retrain", "kind": "concept",
            "created_at": "2026-12-07T00:00:00+00:00"}
@@ -40,18 +40,6 @@ class FakeJob(BuiltinBackend):
     def argv(self, request: Any) -> list[str]:
         real = super().argv(request)
         return [sys.executable, "-c", self.script, *real[real.index("--result"):]]
-
-
-def store_with_request(tmp: Path, state: str = "queued") -> tuple[SqlStore, RetrainStore]:
-    store = SqlStore(f"sqlite:///{tmp / 'r.db'}")
-    store.migrate()
-    buffer = DecisionBuffer()
-    store.join_transaction(buffer)
-    w = Window("labels", 5, 500.0, 599.0, 100, frozenset({"concept"}))
-    buffer.decisions.append(("m", Decision("concept", "retrain", "labels", 4, 400.0, state,
-                                           500, w, "test")))
-    store.flush()
-    return store, RetrainStore(store.engine)
 
 
 @pytest.mark.parametrize(("job_status", "final"), [("promoted", "promoted"),
