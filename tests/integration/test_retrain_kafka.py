@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def label_windows(d: DaemonProc) -> int:
 
 
 @pytest.mark.parametrize(("backend", "members"), [("webhook", 1), ("kafka", 1),
-                                                  ("webhook", 2)])
+                                                  ("command", 1), ("webhook", 2)])
 def test_one_request_per_incident_through_kills(
         kafka_broker, kafka_topic, fresh_db, tmp_path: Path,
         backend: str, members: int) -> None:  # type: ignore[no-untyped-def]
@@ -81,10 +82,16 @@ def test_one_request_per_incident_through_kills(
     receiver = Receiver(SECRET)
     secret = tmp_path / "hook.secret"
     secret.write_bytes(SECRET)
-    action: dict[str, Any] = (
-        {"kind": "webhook", "url": receiver.url, "secret_file": str(secret),
-         "backoff_seconds": 0.2}
-        if backend == "webhook" else {"kind": "kafka", "topic": events_topic})
+    runs_file = tmp_path / "runs.txt"
+    script = tmp_path / "submit.py"
+    script.write_text(f"import os; open({str(runs_file)!r}, 'a').write("
+                      "os.environ['DRIFTLINE_REQUEST_ID'] + '\\n')\n")
+    action: dict[str, Any] = {
+        "webhook": {"kind": "webhook", "url": receiver.url, "secret_file": str(secret),
+                    "backoff_seconds": 0.2},
+        "kafka": {"kind": "kafka", "topic": events_topic},
+        "command": {"kind": "command", "command": [sys.executable, str(script)]},
+    }[backend]
     extra = {"alpha": 0.001,
              "labels": {"reference": {"path": str(label_reference(tmp_path / "lab.csv"))},
                         "window_size": LABEL_WINDOW, "horizon_seconds": 1e6},
@@ -142,6 +149,8 @@ def test_one_request_per_incident_through_kills(
     (r,) = requests
     if backend == "webhook":
         runs = [x["key"] for x in receiver.deliveries]
+    elif backend == "command":
+        runs = runs_file.read_text().split()
     else:
         from kafka import KafkaConsumer
         from kafka.structs import TopicPartition
