@@ -93,7 +93,9 @@ def parse_json_object(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     except RecordError:
         raise
     except RecursionError:
-        raise RecordError("malformed_json", "nesting too deep to parse") from None
+        # Far deeper than MAX_DEPTH: the same verdict as a shallower over-deep document,
+        # whatever the caller's stack depth left for the parser.
+        raise RecordError("schema", f"JSON nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise RecordError("malformed_json", str(exc)) from None
     if not isinstance(doc, dict):

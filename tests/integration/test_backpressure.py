@@ -35,7 +35,7 @@ def _run(tmp_path: Path, kafka_broker, topic: str, *, keepalive_s: float) -> flo
     }, env={})
     metrics = Metrics(CollectorRegistry())
     daemon = build_daemon(settings, metrics=metrics, serve_metrics=False)
-    daemon.pipeline.keepalive_s = keepalive_s
+    daemon.pipeline.evaluation.keepalive_s = keepalive_s
     evaluator = daemon.pipeline.models[STREAM.model].features.evaluator
     real, calls = evaluator.evaluate, []
     rebalances = metrics.registry.get_sample_value  # read before and after the stall

@@ -158,7 +158,11 @@ def test_database_outage_during_start_up_and_rebalance_stops_no_daemon(
         a.start()
         b.start()
         b.wait_for(lambda: "partitions assigned" in b.log_text(), 60, "b to join the group")
+        # a's side of that rebalance, and its stored-state reload, done before the outage
+        a.wait_for(lambda: a.log_text().count("partitions assigned") >= 2, 60,
+                   "a's rebalance after b joined")
         a.wait_for_windows(full_windows(counts, WINDOW) // 2, 120)
+        a.wait_for(lambda: a.http_status("/readyz") == 200, 30, "a ready")
         try:
             postgres_server.stop()
             t_down = time.monotonic()
