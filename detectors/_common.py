@@ -222,32 +222,50 @@ def assemble_distances(
     n_reference: Sequence[int],
     n_current: Sequence[int],
     threshold: float,
+    calibration: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    alpha: float = 0.05,
 ) -> DriftResult:
-    """Build the result of a distance detector: no p-values, ``drifted = statistic > threshold``."""
+    """Build the result of a distance detector from its calibration (raw p-values,
+    max-T adjusted p-values, null quantiles): a feature drifts when its distance exceeds
+    ``threshold`` and its null quantile (``adjusted_p_value < alpha``). ``None``: not
+    calibrated, no p-values, ``drifted = statistic > threshold``."""
+    if calibration is None:
+        per = tuple(
+            FeatureResult(name, float(stat), None, None, bool(stat > threshold), int(n_r),
+                          int(n_c))
+            for name, stat, n_r, n_c in zip(features, statistics, n_reference, n_current,
+                                            strict=True))
+        return DriftResult(detector, float(np.max(statistics)), None, threshold,
+                           any(f.drifted for f in per), max(n_reference), max(n_current),
+                           "none", per)
+    raw, adjusted, quantiles = calibration
     per_feature = tuple(
         FeatureResult(
             feature=name,
             statistic=float(stat),
-            p_value=None,
-            adjusted_p_value=None,
-            drifted=bool(stat > threshold),
+            p_value=float(p),
+            adjusted_p_value=float(adj),
+            drifted=bool(adj < alpha),  # adjusted is 1 at or below the threshold
             n_reference=int(n_ref),
             n_current=int(n_cur),
+            null_quantile=float(q),
         )
-        for name, stat, n_ref, n_cur in zip(
-            features, statistics, n_reference, n_current, strict=True
+        for name, stat, p, adj, q, n_ref, n_cur in zip(
+            features, statistics, raw, adjusted, quantiles, n_reference, n_current,
+            strict=True,
         )
     )
     return DriftResult(
         detector=detector,
         statistic=float(np.max(statistics)),
-        p_value=None,
+        p_value=float(np.min(adjusted)),
         threshold=threshold,
         drifted=any(f.drifted for f in per_feature),
         n_reference=max(n_reference),
         n_current=max(n_current),
-        correction="none",
+        correction="max-t",
         features=per_feature,
+        null_quantile=float(np.max(quantiles)),
     )
 
 
