@@ -34,6 +34,7 @@ from ._common import (
     ANY_KINDS,
     CATEGORICAL_KINDS,
     NUMERIC_KINDS,
+    check_category_types,
     check_min_samples,
     check_threshold,
     check_unit_interval,
@@ -123,7 +124,9 @@ class CategoricalBins:
         """Reference and current counts; categories new in the window get bins at the end."""
         known = np.zeros(len(self.index))
         unseen = []
-        for category, count in count_categories(feature, values).items():
+        current = count_categories(feature, values)
+        check_category_types(feature, self.index, current)
+        for category, count in current.items():
             i = self.index.get(category)
             if i is None:
                 unseen.append(count)

@@ -291,7 +291,7 @@ def merge_sorted(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.
 
 def tie_runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start and (exclusive) end index of each run of equal values of a sorted array."""
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    starts = np.flatnonzero(np.concatenate(([True], sorted_values[1:] != sorted_values[:-1])))
     ends = np.append(starts[1:], sorted_values.size)
     return starts, ends
 
@@ -300,6 +300,30 @@ def running_count(mask: np.ndarray) -> np.ndarray:
     """``np.cumsum(mask)`` of a bool array, several times faster (int32 when it fits)."""
     dtype = np.int32 if mask.size < 2**31 else np.int64
     return np.cumsum(mask.view(np.uint8), dtype=dtype)
+
+
+def _category_kind(value: object) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return "number"
+    return type(value).__name__
+
+
+def check_category_types(feature: str, reference: Mapping[Hashable, int],
+                         current: Mapping[Hashable, int]) -> None:
+    """Reject a window whose categories share no type with the reference's.
+
+    Strings against integers (a reference read from CSV as text, a window of codes) would
+    otherwise count every category as new: a certain, silent false alarm.
+    """
+    ref_kinds = {_category_kind(k) for k in reference}
+    cur_kinds = {_category_kind(k) for k in current}
+    if ref_kinds and cur_kinds and ref_kinds.isdisjoint(cur_kinds):
+        raise TypeError(
+            f"current feature {feature!r} holds {'/'.join(sorted(cur_kinds))} categories but "
+            f"the reference holds {'/'.join(sorted(ref_kinds))} ones: no category could "
+            "match (convert one side)")
 
 
 def count_categories(feature: str, values: np.ndarray) -> dict[Hashable, int]:

@@ -10,6 +10,7 @@ from scipy.special import chdtrc
 from ._base import PerFeatureTest
 from ._common import (
     CATEGORICAL_KINDS,
+    check_category_types,
     check_nonnegative,
     check_options,
     count_categories,
@@ -137,6 +138,7 @@ class ChiSquareDetector(PerFeatureTest):
         dof = np.zeros(len(self.features))
         for i, feature in enumerate(self.features):
             current = count_categories(feature, columns[feature])
+            check_category_types(feature, self._counts[feature], current)
             statistics[i], dof[i] = _pearson(self._counts[feature], current, self.min_expected)
         # One vectorised call for all features; dof 0 (a single category) gives p = 1.
         return statistics, np.where(dof > 0, chdtrc(np.maximum(dof, 1), statistics), 1.0)

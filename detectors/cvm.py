@@ -81,10 +81,14 @@ class _SortedReferenceTest(PerFeatureTest):
 
         ``statistic`` is ``"cvm"`` or ``"anderson"`` (see :func:`_tied_test`).
         """
+        if (not np.any(ref[1:] == ref[:-1]) and not np.any(cur[1:] == cur[:-1])
+                and not np.any(np.searchsorted(ref, cur, side="left")
+                               != np.searchsorted(ref, cur, side="right"))):
+            return None  # no ties: the closed forms (scipy's) are valid
         merged, from_current = merge_sorted(ref, cur)
         starts, ends = tie_runs(merged)
         if starts.size == merged.size:
-            return None  # no ties: the closed forms (scipy's) are valid
+            return None
         in_current = running_count(from_current)[ends - 1]
         b = np.diff(np.concatenate(([0], in_current))).astype(np.int64)
         return _tied_test((ends - starts).astype(np.int64), b, statistic,
@@ -404,7 +408,7 @@ def _tied_test(lj: np.ndarray, b: np.ndarray, statistic: str, n_permutations: in
     tol = 1e-10 * max(abs(observed), 1e-300)  # equal statistics must count as reached
     group = np.repeat(np.arange(lj.size), lj)
     reached = drawn = 0
-    chunk = 32
+    chunk = 64
     while drawn < n_permutations:
         size = min(chunk, n_permutations - drawn)
         if lj.size <= _HYPERGEOMETRIC_MAX_L:

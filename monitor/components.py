@@ -122,9 +122,9 @@ class BaseComponent:
 
 def _threshold(det: Any) -> tuple[float, str]:
     """A detector's threshold (``alpha`` for tests) and multiple-testing correction."""
-    if hasattr(det, "alpha"):
-        return float(det.alpha), str(getattr(det, "correction", "none"))
-    return float(det.threshold), "none"
+    if hasattr(det, "threshold"):  # a distance (its alpha is its calibration's level)
+        return float(det.threshold), "none"
+    return float(det.alpha), str(getattr(det, "correction", "none"))
 
 
 # --- the features' window: columns or a matrix --------------------------------------------------
