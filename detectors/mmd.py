@@ -301,8 +301,7 @@ class MMDDetector:
         """
         cur = check_matrix(current, "current", self.n_features)
         with np.errstate(over="ignore", invalid="ignore"):
-            cur = cur - self._center
-        check_scale(cur, "current")
+            check_scale(cur - self._center, "current")
         if cur.shape[0] < self.min_samples:
             return insufficient(
                 self.name, (self.feature,), [self._n], [cur.shape[0]], self.alpha, "none"
@@ -324,7 +323,7 @@ class MMDDetector:
     def _statistics(self, cur: np.ndarray) -> tuple[float, np.ndarray, float]:
         """Observed and permuted :math:`\\widehat{\\mathrm{MMD}}^2_u` of a validated window,
         and the tie tolerance :math:`\\tau`."""
-        cur = subsample(cur, self.max_n, (self.seed, 2))
+        cur = subsample(cur, self.max_n, (self.seed, 2)) - self._center  # as the reference
         ops, n, m = self._ops, self._n, cur.shape[0]
         big_n = n + m
         labels = permutation_labels(self.seed, n, m, self.n_permutations)

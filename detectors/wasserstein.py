@@ -83,8 +83,10 @@ class WassersteinDetector(PerFeatureDistance):
         self._std = {}
         for feature, ref in self._sorted.items():
             # centred first: values near 1e308 would overflow the variance
-            std = float(np.std(ref - ref[ref.size // 2]))
-            if not math.isfinite(std) or not np.isfinite(ref[-1] - ref[0]):
+            with np.errstate(over="ignore", invalid="ignore"):
+                std = float(np.std(ref - ref[ref.size // 2]))
+                span = ref[-1] - ref[0]
+            if not math.isfinite(std) or not math.isfinite(span):
                 raise ValueError(f"reference feature {feature!r} spans more than the float "
                                  "range (values near 1e308): rescale it")
             self._std[feature] = std

@@ -175,3 +175,44 @@ def table() -> str:
 
 if __name__ == "__main__":
     sys.stdout.write(table() + "\n")
+
+
+# --- small samples and odd input ------------------------------------------------------------
+
+def test_label_shift_class_flags_hold_alpha_at_small_windows() -> None:
+    from detectors import BBSE
+    rng = np.random.default_rng(8)
+    classes = np.array(["a", "b", "c"])
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        label = rng.choice(classes, size=n, p=[0.6, 0.3, 0.1])
+        wrong = rng.random(n) < 0.2
+        return label, np.where(wrong, rng.choice(classes, size=n), label)
+
+    label, prediction = draw(2000)
+    bbse = BBSE(label.astype(object), prediction.astype(object))
+    for window in (20, 50):
+        flagged = [any(f.drifted for f in bbse.test(draw(window)[1].astype(object)).features)
+                   for _ in range(600)]
+        assert np.mean(flagged) <= interval(600)[1], (window, np.mean(flagged))
+
+
+def test_category_type_mismatch_is_an_error_naming_the_feature() -> None:
+    ref = {"plan": np.array(["1", "2", "3"] * 50)}
+    for cls in (ChiSquareDetector, PSIDetector, JSDetector):
+        with pytest.raises(TypeError, match=r"'plan'.*number categories.*str"):
+            cls(ref).test({"plan": np.array([1, 2, 3] * 20, dtype=object)})
+
+
+def test_overflow_scale_input_is_rejected_and_mmd_centres() -> None:
+    from detectors import ADWIN, MMDDetector
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(300, 2)), rng.normal(size=(150, 2))
+    y[:, 0] += 0.5  # a 0.5-sd shift: a common offset of 1e9 must not hide it
+    assert MMDDetector(x + 1e9, n_permutations=200).test(y + 1e9).drifted
+    with pytest.raises(ValueError, match="overflow-scale"):
+        MMDDetector(x).test(np.full((50, 2), 1e308))
+    with pytest.raises(ValueError, match="magnitude"):
+        ADWIN().update(1e308)
+    with pytest.raises(ValueError, match=r"'x'.*float range"):
+        WassersteinDetector({"x": np.array([-1e308, 1e308, 0.0])})
