@@ -48,11 +48,13 @@ _ZIPF_P = 1.0 / np.arange(1, 21) ** 1.3
 CATEGORICAL: dict[str, Draw] = {
     "zipf": lambda rng, n: rng.choice(20, size=n, p=_ZIPF_P / _ZIPF_P.sum()).astype(str),
     "binary-rare": lambda rng, n: np.where(rng.random(n) < 0.1, "yes", "no"),
+    # a 2 x 2 table with a 2% level: Fisher's exact test below 5 expected
+    "binary-2%": lambda rng, n: np.where(rng.random(n) < 0.02, "yes", "no"),
 }
 # (reference size, window size): windows of 20, 50, 200, 2000, sizes unequal
 SIZES = [(500, 20), (300, 50), (1000, 200), (3000, 2000)]
 # conservative by construction (a rate below the interval is expected, not an error)
-CONSERVATIVE = {"integer-ties", "binary", "constant", "binary-rare"}
+CONSERVATIVE = {"integer-ties", "binary", "constant", "binary-rare", "binary-2%"}
 
 
 def interval(n: int, alpha: float = ALPHA) -> tuple[float, float]:
