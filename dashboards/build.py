@@ -157,9 +157,9 @@ def _panels() -> list[dict[str, Any]]:
     g.add(stat("Version", "driftline version reported by driftline_build_info.",
                [target("driftline_build_info", "{{version}}", instant=True)],
                steps=thresholds(("blue", None)), text_mode="name"), 4, 4)
-    g.add(stat("Models drifting", "Selected models with at least one detector flagging drift "
-               "in the last window.",
-               [target(f"count(max by (model) (driftline_drift_detected{{{M}}}) == 1) "
+    g.add(stat("Models drifting", "Selected models whose model verdict (family-wise over all "
+               "their detectors, debounced: what DriftlineDriftDetected fires on) alarms.",
+               [target(f"count(max by (model) (driftline_model_drift_detected{{{M}}}) == 1) "
                        "or vector(0)", "drifting")],
                steps=thresholds(("green", None), ("red", 1)), decimals=0), 4, 4)
     g.add(stat("Records / s", "Valid records consumed per second, selected models.",
@@ -196,6 +196,19 @@ def _panels() -> list[dict[str, Any]]:
                              "{{model}}")]), 12, 8)
 
     g.row("Drift")
+    g.add(timeseries("Model verdict: smallest adjusted p-value", "Per model and stream: the "
+                     "smallest p-value across its detectors after Holm/Bonferroni; the verdict "
+                     "(1 = alarm, after the k-of-n rule) on the right axis.",
+                     [target(f"max by (model, stream) (driftline_model_drift_p_value{{{M}}})",
+                             "{{model}} {{stream}} p"),
+                      target(f"max by (model, stream) (driftline_model_drift_detected{{{M}}})",
+                             "{{model}} {{stream}} alarm")]), 12, 8)
+    g.add(timeseries("Expected windows between false alarms", "What models[].false_alarms "
+                     "gives: the expected number of windows between alarms on data without "
+                     "drift.",
+                     [target(f"max by (model, stream) "
+                             f"(driftline_model_false_alarm_interval_windows{{{M}}})",
+                             "{{model}} {{stream}}")]), 12, 8)
     drift_state = {"type": "state-timeline", "title": "Drift detected",
                    "description": "Per model and detector: did the last window drift (after "
                    "multiple-testing correction)?",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from ._common import (
     ANY_KINDS,
     CATEGORICAL_KINDS,
     NUMERIC_KINDS,
+    check_category_types,
     check_min_samples,
     check_threshold,
     check_unit_interval,
@@ -123,7 +124,9 @@ class CategoricalBins:
         """Reference and current counts; categories new in the window get bins at the end."""
         known = np.zeros(len(self.index))
         unseen = []
-        for category, count in count_categories(feature, values).items():
+        current = count_categories(feature, values)
+        check_category_types(feature, self.index, current)
+        for category, count in current.items():
             i = self.index.get(category)
             if i is None:
                 unseen.append(count)
@@ -153,6 +156,10 @@ class BinnedDetector(PerFeatureDistance):
         bins: int,
         feature_type: str | None,
         min_samples: int,
+        alpha: float = 0.05,
+        n_resamples: int = 1000,
+        seed: int = 0,
+        window_sizes: Sequence[int] = (),
     ) -> None:
         self.threshold = check_threshold(threshold)
         self.bins = check_bins(bins)
@@ -176,6 +183,13 @@ class BinnedDetector(PerFeatureDistance):
         self._kinds = {
             f: NUMERIC_KINDS if t == NUMERIC else CATEGORICAL_KINDS for f, t in types_.items()
         }
+        self._calibration(alpha, n_resamples, seed, window_sizes)
+
+    def _null_distances(self, feature: str, m: int, rng: np.random.Generator,
+                        count: int) -> np.ndarray:
+        reference = self._bins[feature].reference_counts
+        draws = rng.multinomial(m, reference / reference.sum(), size=count).astype(np.float64)
+        return np.array([self._statistic(reference, row) for row in draws])
 
     @property
     def feature_types(self) -> Mapping[str, str]:

@@ -222,32 +222,50 @@ def assemble_distances(
     n_reference: Sequence[int],
     n_current: Sequence[int],
     threshold: float,
+    calibration: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    alpha: float = 0.05,
 ) -> DriftResult:
-    """Build the result of a distance detector: no p-values, ``drifted = statistic > threshold``."""
+    """Build the result of a distance detector from its calibration (raw p-values,
+    max-T adjusted p-values, null quantiles): a feature drifts when its distance exceeds
+    ``threshold`` and its null quantile (``adjusted_p_value < alpha``). ``None``: not
+    calibrated, no p-values, ``drifted = statistic > threshold``."""
+    if calibration is None:
+        per = tuple(
+            FeatureResult(name, float(stat), None, None, bool(stat > threshold), int(n_r),
+                          int(n_c))
+            for name, stat, n_r, n_c in zip(features, statistics, n_reference, n_current,
+                                            strict=True))
+        return DriftResult(detector, float(np.max(statistics)), None, threshold,
+                           any(f.drifted for f in per), max(n_reference), max(n_current),
+                           "none", per)
+    raw, adjusted, quantiles = calibration
     per_feature = tuple(
         FeatureResult(
             feature=name,
             statistic=float(stat),
-            p_value=None,
-            adjusted_p_value=None,
-            drifted=bool(stat > threshold),
+            p_value=float(p),
+            adjusted_p_value=float(adj),
+            drifted=bool(adj < alpha),  # adjusted is 1 at or below the threshold
             n_reference=int(n_ref),
             n_current=int(n_cur),
+            null_quantile=float(q),
         )
-        for name, stat, n_ref, n_cur in zip(
-            features, statistics, n_reference, n_current, strict=True
+        for name, stat, p, adj, q, n_ref, n_cur in zip(
+            features, statistics, raw, adjusted, quantiles, n_reference, n_current,
+            strict=True,
         )
     )
     return DriftResult(
         detector=detector,
         statistic=float(np.max(statistics)),
-        p_value=None,
+        p_value=float(np.min(adjusted)),
         threshold=threshold,
         drifted=any(f.drifted for f in per_feature),
         n_reference=max(n_reference),
         n_current=max(n_current),
-        correction="none",
+        correction="max-t",
         features=per_feature,
+        null_quantile=float(np.max(quantiles)),
     )
 
 
@@ -273,7 +291,7 @@ def merge_sorted(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.
 
 def tie_runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start and (exclusive) end index of each run of equal values of a sorted array."""
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    starts = np.flatnonzero(np.concatenate(([True], sorted_values[1:] != sorted_values[:-1])))
     ends = np.append(starts[1:], sorted_values.size)
     return starts, ends
 
@@ -282,6 +300,34 @@ def running_count(mask: np.ndarray) -> np.ndarray:
     """``np.cumsum(mask)`` of a bool array, several times faster (int32 when it fits)."""
     dtype = np.int32 if mask.size < 2**31 else np.int64
     return np.cumsum(mask.view(np.uint8), dtype=dtype)
+
+
+def _category_kind(value: object) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return "number"
+    return type(value).__name__
+
+
+def check_category_types(feature: str, reference: Mapping[Hashable, int],
+                         current: Mapping[Hashable, int]) -> None:
+    """Reject a window whose categories share no type with the reference's.
+
+    Strings against integers (a reference read from CSV as text, a window of codes) would
+    otherwise count every category as new: a certain, silent false alarm.
+    """
+    ref_kinds = {_category_kind(k) for k in reference}
+    cur_kinds = {_category_kind(k) for k in current}
+    plain = {"str", "bytes", "number", "bool"}
+    # Both sides of one plain type each, and not the same one (mixed object columns, or
+    # a window of new categories of another type, are left alone: they can be drift).
+    if (len(ref_kinds) == 1 and len(cur_kinds) == 1 and ref_kinds <= plain
+            and cur_kinds <= plain and ref_kinds != cur_kinds):
+        raise TypeError(
+            f"current feature {feature!r} holds {'/'.join(sorted(cur_kinds))} categories but "
+            f"the reference holds {'/'.join(sorted(ref_kinds))} ones: no category could "
+            "match (convert one side)")
 
 
 def count_categories(feature: str, values: np.ndarray) -> dict[Hashable, int]:

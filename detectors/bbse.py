@@ -365,7 +365,10 @@ class BBSE:
         :math:`w = 1` (see :meth:`estimate`). Its ``features`` hold one entry per class,
         named ``str(class)``: ``statistic`` is the class's weight :math:`\\hat w_j`,
         ``p_value`` the two-sided Wald test of :math:`w_j = 1` (raw weight and standard
-        error), ``adjusted_p_value`` that after Bonferroni across the classes.
+        error), ``adjusted_p_value`` that after Bonferroni across the classes, and
+        ``drifted`` the class's flag: adjusted p-value below ``alpha`` *and* the omnibus
+        test rejecting (the Wald tests alone over-reject at small windows; gated by the
+        omnibus test they flag an unshifted window at most ``alpha`` of the time).
 
         A window predicting classes the reference never saw is not a pure label shift:
         the weights are ``nan``, and the omnibus test compares the predicted-class counts
@@ -399,8 +402,11 @@ class BBSE:
         p = np.where(se > 0, 2.0 * ndtr(-z), np.where(raw == 1.0, 1.0, 0.0))
         adjusted = adjust_p_values(p, "bonferroni")
         features = tuple(
-            FeatureResult(n, w, float(pi), float(ai), bool(ai < self.alpha), self.n_reference,
-                          est.n_current)
+            # A class is flagged only when the omnibus test rejects too: the Wald tests
+            # alone over-reject at small windows (12% at 50, 25% at 20 instead of 5%);
+            # gated, no class is flagged on an unshifted window more often than alpha.
+            FeatureResult(n, w, float(pi), float(ai), bool(ai < self.alpha and est.shifted),
+                          self.n_reference, est.n_current)
             for n, w, pi, ai in zip(names, est.weights, p, adjusted, strict=True))
         assert est.p_value is not None
         return DriftResult(self.name, est.statistic, est.p_value, self.alpha, est.shifted,

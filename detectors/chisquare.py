@@ -6,10 +6,12 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 from scipy.special import chdtrc
+from scipy.stats import fisher_exact
 
 from ._base import PerFeatureTest
 from ._common import (
     CATEGORICAL_KINDS,
+    check_category_types,
     check_nonnegative,
     check_options,
     count_categories,
@@ -18,6 +20,10 @@ from ._common import (
 from .results import DriftResult
 
 __all__ = ["ChiSquareDetector"]
+
+#: A 2 x 2 table (after pooling) whose smallest expected count is below this gets
+#: Fisher's exact test instead of the chi-square approximation (``min_expected > 0``).
+EXACT_BELOW = 5.0
 
 
 class ChiSquareDetector(PerFeatureTest):
@@ -135,11 +141,18 @@ class ChiSquareDetector(PerFeatureTest):
     ) -> tuple[np.ndarray, np.ndarray]:
         statistics = np.zeros(len(self.features))
         dof = np.zeros(len(self.features))
+        exact: dict[int, float | None] = {}
         for i, feature in enumerate(self.features):
             current = count_categories(feature, columns[feature])
-            statistics[i], dof[i] = _pearson(self._counts[feature], current, self.min_expected)
+            check_category_types(feature, self._counts[feature], current)
+            statistics[i], dof[i], exact[i] = _pearson(self._counts[feature], current,
+                                                       self.min_expected)
         # One vectorised call for all features; dof 0 (a single category) gives p = 1.
-        return statistics, np.where(dof > 0, chdtrc(np.maximum(dof, 1), statistics), 1.0)
+        p_values = np.where(dof > 0, chdtrc(np.maximum(dof, 1), statistics), 1.0)
+        for i, p in exact.items():
+            if p is not None:
+                p_values[i] = p
+        return statistics, p_values
 
 
 def _pool(observed: np.ndarray, min_expected: float) -> np.ndarray:
@@ -174,7 +187,7 @@ def _pool(observed: np.ndarray, min_expected: float) -> np.ndarray:
 
 def _pearson(
     reference: dict[Hashable, int], current: dict[Hashable, int], min_expected: float
-) -> tuple[float, int]:
+) -> tuple[float, int, float | None]:
     """Pearson's X^2 and its degrees of freedom for the 2 x k table of two count maps.
 
     Rare columns are pooled first (:func:`_pool`) unless ``min_expected`` is 0.
@@ -183,7 +196,7 @@ def _pearson(
     """
     categories = list(reference) + [c for c in current if c not in reference]
     if len(categories) < 2:
-        return 0.0, 0
+        return 0.0, 0, None
     observed = np.array(
         [[reference.get(c, 0) for c in categories], [current.get(c, 0) for c in categories]],
         dtype=np.float64,
@@ -191,9 +204,14 @@ def _pearson(
     if min_expected > 0.0:
         observed = _pool(observed, min_expected)
         if observed.shape[1] < 2:
-            return 0.0, 0
+            return 0.0, 0, None
     expected = (
         observed.sum(axis=1, keepdims=True) * observed.sum(axis=0, keepdims=True) / observed.sum()
     )
     statistic = float((((observed - expected) ** 2) / expected).ravel().sum())
-    return statistic, observed.shape[1] - 1
+    exact = None
+    if min_expected > 0.0 and observed.shape[1] == 2 and expected.min() < EXACT_BELOW:
+        # a 2 x 2 table with a small expected count: the chi-square approximation
+        # over-rejects (7.2% at 5% for a 2% level in windows of 20); Fisher's exact test
+        exact = float(fisher_exact(observed.astype(np.int64)).pvalue)
+    return statistic, observed.shape[1] - 1, exact

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.special import rel_entr
@@ -73,6 +73,10 @@ class KLDetector(BinnedDetector):
         epsilon: float = 1e-4,
         feature_type: str | None = None,
         min_samples: int = 1,
+        alpha: float = 0.05,
+        n_resamples: int = 1000,
+        seed: int = 0,
+        window_sizes: Sequence[int] = (),
     ) -> None:
         self.epsilon = check_epsilon(epsilon)
         super().__init__(
@@ -81,6 +85,10 @@ class KLDetector(BinnedDetector):
             bins=bins,
             feature_type=feature_type,
             min_samples=min_samples,
+            alpha=alpha,
+            n_resamples=n_resamples,
+            seed=seed,
+            window_sizes=window_sizes,
         )
 
     def _statistic(self, reference: np.ndarray, current: np.ndarray) -> float:
@@ -148,6 +156,10 @@ class JSDetector(BinnedDetector):
         bins: int = 10,
         feature_type: str | None = None,
         min_samples: int = 1,
+        alpha: float = 0.05,
+        n_resamples: int = 1000,
+        seed: int = 0,
+        window_sizes: Sequence[int] = (),
     ) -> None:
         super().__init__(
             reference,
@@ -155,6 +167,10 @@ class JSDetector(BinnedDetector):
             bins=bins,
             feature_type=feature_type,
             min_samples=min_samples,
+            alpha=alpha,
+            n_resamples=n_resamples,
+            seed=seed,
+            window_sizes=window_sizes,
         )
 
     def _statistic(self, reference: np.ndarray, current: np.ndarray) -> float:

@@ -216,6 +216,12 @@ class MMDDetector:
                 f"reference has {ref.shape[0]} rows; min_samples is {self.min_samples}"
             )
         ref = subsample(ref, self.max_n, (self.seed, 1))
+        # Centred on the reference's mean: a common offset (1e9) would otherwise swamp
+        # the differences in float arithmetic (|x|^2 - 2 x.y + |y|^2 cancels).
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._center = ref.mean(axis=0)
+            ref = ref - self._center
+        check_scale(ref, "reference")
         self.n_features = ref.shape[1]
         self.bandwidth = (
             median_distance(ref, self.seed)
@@ -294,6 +300,8 @@ class MMDDetector:
             the reference, or holds NaN/inf.
         """
         cur = check_matrix(current, "current", self.n_features)
+        with np.errstate(over="ignore", invalid="ignore"):
+            check_scale(cur - self._center, "current")
         if cur.shape[0] < self.min_samples:
             return insufficient(
                 self.name, (self.feature,), [self._n], [cur.shape[0]], self.alpha, "none"
@@ -315,7 +323,7 @@ class MMDDetector:
     def _statistics(self, cur: np.ndarray) -> tuple[float, np.ndarray, float]:
         """Observed and permuted :math:`\\widehat{\\mathrm{MMD}}^2_u` of a validated window,
         and the tie tolerance :math:`\\tau`."""
-        cur = subsample(cur, self.max_n, (self.seed, 2))
+        cur = subsample(cur, self.max_n, (self.seed, 2)) - self._center  # as the reference
         ops, n, m = self._ops, self._n, cur.shape[0]
         big_n = n + m
         labels = permutation_labels(self.seed, n, m, self.n_permutations)
@@ -509,6 +517,19 @@ def check_matrix(values: object, what: str, n_features: int | None = None) -> np
     if not np.isfinite(out).all():
         raise ValueError(f"{what} contains NaN or infinite values")
     return out
+
+
+#: Largest magnitude (after centring) MMD accepts: squared distances must stay finite.
+MAX_SCALE = 1e150
+
+
+def check_scale(values: np.ndarray, what: str) -> None:
+    """Reject values whose squared distances would overflow (name the first column)."""
+    bad = ~(np.abs(values) <= MAX_SCALE).all(axis=0)  # also NaN from an overflowed mean
+    if bad.any():
+        raise ValueError(f"{what} column {int(np.flatnonzero(bad)[0])} holds values beyond "
+                         f"{MAX_SCALE:g} from the reference's mean (overflow-scale input): "
+                         "rescale it")
 
 
 def subsample(values: np.ndarray, max_n: int | None, key: tuple[int, int]) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -85,6 +85,10 @@ class PSIDetector(BinnedDetector):
         epsilon: float = 1e-4,
         feature_type: str | None = None,
         min_samples: int = 1,
+        alpha: float = 0.05,
+        n_resamples: int = 1000,
+        seed: int = 0,
+        window_sizes: Sequence[int] = (),
     ) -> None:
         self.epsilon = check_epsilon(epsilon)
         super().__init__(
@@ -93,6 +97,10 @@ class PSIDetector(BinnedDetector):
             bins=bins,
             feature_type=feature_type,
             min_samples=min_samples,
+            alpha=alpha,
+            n_resamples=n_resamples,
+            seed=seed,
+            window_sizes=window_sizes,
         )
 
     def _statistic(self, reference: np.ndarray, current: np.ndarray) -> float:

@@ -18,7 +18,10 @@ wasserstein   Wasserstein-1 / reference std    numeric                  no
 p-value detectors take ``alpha``, ``correction`` and ``min_samples``, and correct their
 features' p-values for multiple testing; distance detectors take ``threshold`` (and
 ``min_samples``; the binned ones ``bins``, ``feature_type`` and, PSI and KL,
-``epsilon``) and report ``p_value=None``.
+``epsilon``) and ``alpha``: a feature drifts when its distance exceeds both ``threshold``
+and its null quantile at the window's size, resampled from the reference (family-wise
+over the features at ``alpha``; see :class:`~detectors._base.PerFeatureDistance`); they
+report that resampling p-value.
 
 Automatic choice
 ----------------
@@ -37,7 +40,9 @@ shift of about 0.05 standard deviations about half the time at ``alpha=0.05``). 
 that size a distance with a threshold of practical size is the better alarm:
 Wasserstein in reference standard deviations (threshold 0.1, a tenth of a standard
 deviation) for numeric features and the Jensen-Shannon distance (threshold 0.1) for
-categorical ones, whose chance values at those sizes are far below their thresholds.
+categorical ones. A distance's chance value grows as the window shrinks (Wasserstein
+averages about 0.13 at 200 values), so a distance also has to exceed its null quantile
+at the window's size: false alarms stay at ``alpha`` at every window size.
 10 000 is also where KS stops using its exact null distribution. Evidently, which uses
 the same pairs, switches at 1 000 values; this rule keeps the corrected p-value tests
 ten times longer. Binary categorical features use ``chi2`` too: for two categories it
@@ -170,7 +175,7 @@ _NUMERIC = frozenset({NUMERIC})
 _CATEGORICAL = frozenset({CATEGORICAL})
 _NONE: frozenset[str] = frozenset()
 _TEST_KEYS = ("features", "alpha", "correction")
-_DISTANCE_KEYS = ("features", "threshold")
+_DISTANCE_KEYS = ("features", "threshold", "alpha")
 
 #: Kind -> :class:`DetectorInfo`, for every kind the daemon stores results under.
 SPECS: dict[str, DetectorInfo] = {
@@ -239,8 +244,9 @@ def unknown_key(kind: str, keys: Iterable[str]) -> str | None:
     takers = [k for k in CONFIGURABLE if key in SPECS[k].keys]
     if key == "threshold" and "alpha" in info.keys:
         message += f"; '{kind}' is a test with a p-value: set alpha, not threshold"
-    elif key in ("alpha", "correction") and "threshold" in info.keys:
-        message += f"; '{kind}' is a distance: set threshold, not alpha/correction"
+    elif key == "correction" and "threshold" in info.keys:
+        message += (f"; '{kind}' is a distance: set threshold (and alpha, the level of its "
+                    "calibration), not correction")
     elif takers:
         message += f"; {key} applies to {', '.join(takers)} only"
     return message

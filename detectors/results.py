@@ -26,6 +26,10 @@ class FeatureResult:
         ``adjusted_p_value < alpha``.
     n_reference, n_current : int
         Number of values of this feature in the reference and in the current window.
+    null_quantile : float or None
+        Distance detectors: the distance this feature had to exceed by chance alone at
+        this window size (its resampled null quantile, see
+        :class:`~detectors._base.PerFeatureDistance`); ``None`` for tests.
     """
 
     feature: str
@@ -35,6 +39,7 @@ class FeatureResult:
     drifted: bool
     n_reference: int
     n_current: int
+    null_quantile: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +55,8 @@ class DriftResult:
         Largest per-feature statistic (``nan`` when the window could not be tested).
     p_value : float or None
         Smallest *adjusted* per-feature p-value; ``None`` when the window could not be
-        tested, and always for distance detectors (psi, kl, js, wasserstein).
+        tested. Distance detectors (psi, kl, js, wasserstein) report the smallest
+        adjusted resampling p-value of the features above ``threshold`` (1 when none is).
     threshold : float
         For tests, the significance level ``alpha`` the adjusted p-values are compared
         with; for distances, the distance above which a feature counts as drifted.
@@ -79,3 +85,4 @@ class DriftResult:
     correction: str
     features: tuple[FeatureResult, ...]
     insufficient_data: bool = False
+    null_quantile: float | None = None

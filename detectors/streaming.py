@@ -40,7 +40,14 @@ def _value(x: float) -> float:
     value = float(x)
     if not math.isfinite(value):
         raise ValueError(f"x must be finite, got {x!r}")
+    if abs(value) > _MAX_VALUE:
+        raise ValueError(f"x must be at most {_MAX_VALUE:g} in magnitude (sums and squares of "
+                         f"the stream must stay finite), got {x!r}")
     return value
+
+
+#: Largest stream value accepted: ADWIN sums squares of buckets of values.
+_MAX_VALUE = 1e150
 
 
 def _plain(value: Any) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -16,8 +16,9 @@ __all__ = ["WassersteinDetector"]
 class WassersteinDetector(PerFeatureDistance):
     """Per-feature Wasserstein-1 distance, in reference standard deviations.
 
-    A distance, not a test: there are no p-values and no multiple-testing correction;
-    a feature drifts when its normalised distance exceeds ``threshold``.
+    A feature drifts when its normalised distance exceeds both ``threshold`` and its
+    resampled null quantile at the window's size (``alpha``, ``n_resamples``, ``seed``,
+    ``window_sizes``: see :class:`~detectors._base.PerFeatureDistance`).
 
     Parameters
     ----------
@@ -71,11 +72,25 @@ class WassersteinDetector(PerFeatureDistance):
         *,
         threshold: float = 0.1,
         min_samples: int = 2,
+        alpha: float = 0.05,
+        n_resamples: int = 1000,
+        seed: int = 0,
+        window_sizes: Sequence[int] = (),
     ) -> None:
         self.threshold = check_threshold(threshold)
         self.min_samples = check_min_samples(min_samples)
         self._sorted = self._sorted_reference(reference)
-        self._std = {feature: float(np.std(ref)) for feature, ref in self._sorted.items()}
+        self._std = {}
+        for feature, ref in self._sorted.items():
+            # centred first: values near 1e308 would overflow the variance
+            with np.errstate(over="ignore", invalid="ignore"):
+                std = float(np.std(ref - ref[ref.size // 2]))
+                span = ref[-1] - ref[0]
+            if not math.isfinite(std) or not math.isfinite(span):
+                raise ValueError(f"reference feature {feature!r} spans more than the float "
+                                 "range (values near 1e308): rescale it")
+            self._std[feature] = std
+        self._calibration(alpha, n_resamples, seed, window_sizes)
 
     def __repr__(self) -> str:
         return (
@@ -84,15 +99,43 @@ class WassersteinDetector(PerFeatureDistance):
         )
 
     def _distances(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        statistics = np.empty(len(self.features))
-        for i, feature in enumerate(self.features):
-            distance = wasserstein_sorted(self._sorted[feature], columns[feature])
-            std = self._std[feature]
-            if std > 0.0:
-                statistics[i] = distance / std
-            else:
-                statistics[i] = 0.0 if distance == 0.0 else math.inf
+        statistics = np.array([self._one(f, columns[f]) for f in self.features])
+        if np.isnan(statistics).any():
+            feature = self.features[int(np.flatnonzero(np.isnan(statistics))[0])]
+            raise ValueError(f"current feature {feature!r}: the distance is not finite "
+                             "(values near the float range): rescale the feature")
         return statistics
+
+    def _one(self, feature: str, values: np.ndarray) -> float:
+        distance = wasserstein_sorted(self._sorted[feature], values)
+        std = self._std[feature]
+        if std > 0.0:
+            return distance / std
+        return 0.0 if distance == 0.0 else math.inf
+
+    def _null_distances(self, feature: str, m: int, rng: np.random.Generator,
+                        count: int) -> np.ndarray:
+        # W1 of a window drawn from the reference's values is the sum over the gaps g
+        # between consecutive reference values of |F_window - (g + 1) / n| * width_g.
+        # F_window is constant (k / m) between the k-th and (k+1)-th sorted draws, so
+        # with prefix sums each such stretch costs O(1): O(m log m) per draw, not O(n).
+        ref = self._sorted[feature]
+        n, std = ref.size, self._std[feature]
+        if std == 0.0 or n < 2:
+            return np.zeros(count)  # every draw is the reference's one value
+        width = np.diff(ref) / std
+        u = np.arange(1, n, dtype=np.float64) / n
+        w_sum = np.concatenate(([0.0], np.cumsum(width)))
+        u_sum = np.concatenate(([0.0], np.cumsum(u * width)))
+        picks = np.sort(rng.integers(0, n, size=(count, m)), axis=1)
+        edges = np.concatenate((np.zeros((count, 1), dtype=np.int64), picks,
+                                np.full((count, 1), n - 1, dtype=np.int64)), axis=1)
+        a, b = np.minimum(edges[:, :-1], n - 1), np.minimum(edges[:, 1:], n - 1)
+        c = np.arange(m + 1, dtype=np.float64) / m
+        cross = np.clip(np.ceil(c * n - 1e-9).astype(np.int64) - 1, a, b)
+        below = c * (w_sum[cross] - w_sum[a]) - (u_sum[cross] - u_sum[a])
+        above = (u_sum[b] - u_sum[cross]) - c * (w_sum[b] - w_sum[cross])
+        return np.asarray((below + above).sum(axis=1))
 
 
 def wasserstein_sorted(ref: np.ndarray, current: np.ndarray) -> float:

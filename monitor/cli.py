@@ -47,6 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from detectors.alarms import MODEL
     from monitor.factory import build_models
     from monitor.metrics import Metrics
     from monitor.settings import load_settings
@@ -57,10 +58,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     built = build_models(settings, Metrics())  # exactly what `run` builds, minus connections
     for m in settings.models:
         state = built.models[m.name]
-        detectors = [d for _stream, s in state.streams() for d in s.evaluator.detector_names]
+        detectors = [d for _stream, s in state.streams() for d in s.evaluator.detector_names
+                     if d != MODEL]
         rows = getattr(state.features.evaluator, "n_reference", "?")
+        policy = getattr(state.features.evaluator, "verdict", None)
         print(f"model {m.name}: {len(m.features)} features, reference {m.reference.path} "
               f"({rows} rows), window {m.window.model_dump()}, detectors {', '.join(detectors)}")
+        if policy is None:
+            continue
+        rule = policy.rule()
+        print(f"  verdict: {m.verdict.method} across detectors at alpha {rule.level:.3g}, alarm "
+              f"after {rule.k} of {rule.n} drifted windows: one false alarm every "
+              f"{rule.windows:.4g} windows expected")
     print(f"{args.file}: OK")
     return 0
 

@@ -31,7 +31,12 @@ from detectors.label import LabelDriftDetector, PerformanceDriftDetector
 from detectors.registry import MATRIX, PER_FEATURE, SPECS, choose
 from detectors.streaming import ADWIN, DDM, PageHinkley
 from monitor.schema import FeatureKind
-from monitor.settings import DetectorSettings, ModelSettings, StreamingDetectorSettings
+from monitor.settings import (
+    CountWindow,
+    DetectorSettings,
+    ModelSettings,
+    StreamingDetectorSettings,
+)
 from monitor.windows import ClosedWindow
 
 __all__ = [
@@ -118,9 +123,9 @@ class BaseComponent:
 
 def _threshold(det: Any) -> tuple[float, str]:
     """A detector's threshold (``alpha`` for tests) and multiple-testing correction."""
-    if hasattr(det, "alpha"):
-        return float(det.alpha), str(getattr(det, "correction", "none"))
-    return float(det.threshold), "none"
+    if hasattr(det, "threshold"):  # a distance (its alpha is its calibration's level)
+        return float(det.threshold), "none"
+    return float(det.alpha), str(getattr(det, "correction", "none"))
 
 
 # --- the features' window: columns or a matrix --------------------------------------------------
@@ -201,7 +206,10 @@ def _per_feature(spec: DetectorSettings, model: ModelSettings,
     info = SPECS[spec.kind]
     types = {f.name: f.type for f in model.features}
     names = spec.features or tuple(n for n, k in types.items() if k in info.feature_types)
-    det = info.cls({n: reference[n] for n in names}, **_params(spec, model))
+    params = _params(spec, model)
+    if not info.has_p_value and isinstance(model.window, CountWindow):
+        params["window_sizes"] = (model.window.size,)  # the null, once, in the reference state
+    det = info.cls({n: reference[n] for n in names}, **params)
     return FeatureTest(spec.kind, det, names, types, [len(reference[n]) for n in names])
 
 

@@ -129,7 +129,7 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> dict[str, object]:
     if first_drift:
         w = first_drift[0]
         print(f"  drift detected in window {w.window_index} by "
-              f"{', '.join(r.detector for r in w.results if r.drifted)}, "
+              f"{', '.join(r.detector for r in w.results if r.drifted and r.detector != 'model')}, "
               f"{summary['detection_delay_records']} records after it started", file=out)
     else:
         print("  drift was NOT detected", file=out)

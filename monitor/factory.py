@@ -17,7 +17,7 @@ from typing import Any
 
 from detectors.bbse import SingularConfusionMatrixError
 from monitor.errors import ConfigError
-from monitor.evaluate import ModelEvaluator
+from monitor.evaluate import ModelEvaluator, verdict_policy
 from monitor.labels import LabelEvaluator
 from monitor.metrics import Metrics
 from monitor.pipeline import ModelState, StreamState, Windows
@@ -135,7 +135,9 @@ def _label_stream(m: ModelSettings) -> StreamState:
         return CountWindows(m.name, size, next_index=0 if last_stored is None
                             else last_stored + 1)
 
-    return StreamState(LabelEvaluator(m.name, m.labels, m.alpha, reference), make(None), make)
+    evaluator = LabelEvaluator(m.name, m.labels, m.alpha, reference)
+    evaluator.verdict = verdict_policy(m, None)
+    return StreamState(evaluator, make(None), make)
 
 
 def _windows_factory(m: ModelSettings) -> Callable[[int | None], Windows]:

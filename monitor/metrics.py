@@ -5,8 +5,9 @@ Naming follows Prometheus conventions: prefix ``driftline_``, base units (``_sec
 features, or from the fixed sets below, so cardinality stays bounded; an unknown model
 name in a bad record is never used as a label value.
 
-The gauges that describe a model's last window (``driftline_drift_*``,
-``driftline_feature_drift_*``, ``driftline_window_*``) are not ordinary gauges: the
+The gauges that describe a model's last window (``driftline_model_drift_*``, the model
+verdict the alert fires on; ``driftline_drift_*`` and ``driftline_feature_drift_*``, per
+detector and feature, for diagnosis; ``driftline_window_*``) are not ordinary gauges: the
 :class:`LatestWindows` collector builds them at scrape time from the latest report of each
 model, and only for the models this process currently owns, so that after a consumer-group
 rebalance a daemon stops exporting (and alerting on) models another daemon now reads.
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from detectors.alarms import MODEL
 from monitor import __version__
 
 if TYPE_CHECKING:
@@ -283,6 +285,20 @@ class LatestWindows(Collector):
             "p_value": GaugeMetricFamily(
                 "driftline_drift_p_value",
                 "The detector's smallest corrected p-value for the last window.", labels=md),
+            "model_detected": GaugeMetricFamily(
+                "driftline_model_drift_detected",
+                "1 if the model verdict alarms on the model's last window of this stream: "
+                "family-wise over all its detectors and features, after the k-of-n rule of "
+                "models[].false_alarms. The alert fires on this.",
+                labels=["model", "stream"]),
+            "model_p_value": GaugeMetricFamily(
+                "driftline_model_drift_p_value",
+                "Smallest adjusted p-value across the model's detectors in its last window "
+                "(NaN: no detector could test the window).", labels=["model", "stream"]),
+            "model_interval": GaugeMetricFamily(
+                "driftline_model_false_alarm_interval_windows",
+                "Expected windows between false alarms of the model verdict (no drift).",
+                labels=["model", "stream"]),
             "feature_statistic": GaugeMetricFamily(
                 "driftline_feature_drift_statistic",
                 "Per-feature test statistic for the last window.", labels=mdf),
@@ -313,6 +329,13 @@ class LatestWindows(Collector):
             model = report.model
             last[model] = (seq, report)
             for r in report.results:
+                if r.detector == MODEL:
+                    ms = [model, report.stream]
+                    f["model_detected"].add_metric(ms, 1.0 if r.drifted else 0.0)
+                    f["model_p_value"].add_metric(ms, _nan_if_none(r.p_value))
+                    for entry in r.features:
+                        if entry.feature == "debounce":
+                            f["model_interval"].add_metric(ms, entry.statistic)
                 md = [model, r.detector]
                 f["detected"].add_metric(md, 1.0 if r.drifted else 0.0)
                 f["statistic"].add_metric(md, r.statistic)

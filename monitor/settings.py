@@ -324,6 +324,37 @@ class RetrainSettings(_Strict):
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
 
 
+class VerdictSettings(_Strict):
+    """The model verdict: one alarm per window over all of the model's detectors."""
+
+    method: Literal["holm", "bonferroni"] = Field(
+        default="holm", description="Family-wise correction across the detectors (each "
+        "already corrected across its features); both give the same verdict.")
+
+
+class FalseAlarmSettings(_Strict):
+    """How often the model verdict may alarm on data without drift (set one of the two).
+
+    driftline derives from it a k-of-n rule over consecutive window verdicts
+    (:func:`detectors.alarms.debounce`) at the model's ``alpha``, and logs the expected
+    time between false alarms it gives.
+    """
+
+    every_windows: float | None = Field(
+        default=None, gt=1, description="At most one false alarm per this many windows.")
+    every_days: float | None = Field(
+        default=None, gt=0, description="At most one false alarm per this many days, at the "
+        "window rate: a time window's, or the observed one for count windows.")
+    max_n: int = Field(default=6, ge=1, le=10, description="Longest k-of-n rule (windows "
+                       "of delay before an alarm once drift starts).")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FalseAlarmSettings:
+        if (self.every_windows is None) == (self.every_days is None):
+            raise ValueError("set exactly one of every_windows and every_days")
+        return self
+
+
 class ModelSettings(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     version: str | None = None
@@ -338,6 +369,9 @@ class ModelSettings(_Strict):
     embedding: EmbeddingSettings | None = None
     prediction_drift: PredictionDriftSettings | None = None
     retrain: RetrainSettings | None = None
+    verdict: VerdictSettings = Field(default_factory=VerdictSettings)
+    false_alarms: FalseAlarmSettings | None = Field(
+        default=None, description="Default: every window whose verdict is drifted alarms.")
 
     @field_validator("features")
     @classmethod

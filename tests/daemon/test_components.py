@@ -131,7 +131,7 @@ def test_time_window_below_min_records_is_not_tested() -> None:
     ev = _time_evaluator(min_records=50)
     small = ev.evaluate(_time_window(30))
     assert [r.detector for r in small.results] == ev.detector_names == [
-        "ks", "chi2", "psi", "mmd", "c2st", "prediction_chi2"]
+        "ks", "chi2", "psi", "mmd", "c2st", "prediction_chi2", "model"]  # + the verdict
     assert small.n_records == 30
     for r in small.results:
         assert r.insufficient_data and not r.drifted and r.p_value is None, r

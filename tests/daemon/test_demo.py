@@ -59,7 +59,7 @@ def test_demo_command(tmp_path: Path) -> None:
     assert any(re.fullmatch(rf"  12 windows stored in {re.escape(str(workdir))}/driftline.db "
                             r"in [\d.]+ s", line) for line in summary)
 
-    # What it stored: 12 windows x (ks, chi2), drift flagged from window 8 on.
+    # What it stored: 12 windows x (ks, chi2, model verdict), drift flagged from window 8 on.
     store = SqlStore(f"sqlite:///{workdir / 'driftline.db'}")
     try:
         rows = store.results("credit-risk")
@@ -67,7 +67,7 @@ def test_demo_command(tmp_path: Path) -> None:
     finally:
         store.close()
     assert [(r["window_index"], r["detector"]) for r in rows] == [
-        (w, d) for w in range(12) for d in ("chi2", "ks")]
+        (w, d) for w in range(12) for d in ("chi2", "ks", "model")]  # + the model verdict
     assert all(r["n_records"] == 1000 and r["n_current"] == 1000 for r in rows)
     assert {r["window_index"] for r in rows if r["drifted"]} == set(range(8, 12))
 

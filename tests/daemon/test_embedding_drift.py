@@ -82,7 +82,7 @@ def test_topic_shift_in_the_inputs_is_detected_in_embedding_space(tmp_path, mini
     daemon = build_daemon(cfg, source=MemorySource(values), dead_letter=MemoryDeadLetter(),
                           serve_metrics=False, metrics=metrics)
     assert daemon.pipeline.models[stream.model].features.evaluator.detector_names == [
-        "ks", "embedding_mmd", "embedding_ks"]
+        "ks", "embedding_mmd", "embedding_ks", "model"]  # + the model verdict
     daemon.pipeline.run(threading.Event(), until_exhausted=True)
     rows = daemon.store.results()
     flagged = {(r["window_index"], r["detector"]) for r in rows if r["drifted"]}

@@ -45,7 +45,7 @@ def window(shift: float, n: int = 2000, seed: int = 1):  # type: ignore[no-untyp
 def test_each_kind_runs_from_settings_and_sees_a_shift(kind: str) -> None:
     # Anderson-Darling's p-values are floored at 0.001: it needs a larger alpha
     ev = evaluator(detectors=[{"kind": kind, **({"alpha": 0.01} if kind == "anderson" else {})}])
-    assert ev.detector_names == [kind]
+    assert ev.detector_names == [kind, "model"]  # + the model verdict
     quiet, shifted = ev.evaluate(window(0.0)), ev.evaluate(window(1.5))
     assert quiet.results[0].detector == kind
     assert not quiet.results[0].drifted
@@ -56,8 +56,8 @@ def test_each_kind_runs_from_settings_and_sees_a_shift(kind: str) -> None:
 
 
 def test_default_choice_depends_on_reference_size() -> None:
-    assert sorted(evaluator(n_ref=2000).detector_names) == ["chi2", "ks"]
-    assert sorted(evaluator(n_ref=20_000).detector_names) == ["js", "wasserstein"]
+    assert sorted(evaluator(n_ref=2000).detector_names) == ["chi2", "ks", "model"]
+    assert sorted(evaluator(n_ref=20_000).detector_names) == ["js", "model", "wasserstein"]
 
 
 def test_threshold_reaches_distance_detectors() -> None:
@@ -67,7 +67,7 @@ def test_threshold_reaches_distance_detectors() -> None:
 
 @pytest.mark.parametrize(("det", "message"), [
     ({"kind": "ks", "threshold": 0.1}, "set alpha, not threshold"),
-    ({"kind": "psi", "alpha": 0.01}, "set threshold, not alpha"),
+    ({"kind": "psi", "correction": "none"}, "set threshold .*not correction"),
     ({"kind": "wasserstein", "features": ["c"]}, "'c' is categorical"),
     ({"kind": "energy"}, r"detectors\[0\]\.kind"),
     ({"kind": "anderson"}, r"alpha must be in \(0.001, 0.25\], got 0.001"),
@@ -84,7 +84,7 @@ def test_bad_detector_settings_name_the_problem(det: dict, message: str) -> None
 ])
 def test_multivariate_detectors_run_from_settings(det: dict) -> None:
     ev = evaluator(detectors=[det])
-    assert ev.detector_names == [det["kind"]]
+    assert ev.detector_names == [det["kind"], "model"]  # + the model verdict
     quiet, shifted = ev.evaluate(window(0.0)), ev.evaluate(window(1.5))
     assert not quiet.results[0].drifted and shifted.results[0].drifted
     assert quiet.results[0].p_value is not None

@@ -279,7 +279,7 @@ def test_a_huge_integer_label_is_dead_lettered_and_the_join_goes_on(tmp_path: Pa
     assert [(m.topic, m.offset, e.reason) for m, e in dead.records] == [
         ("labels", 7, "non_finite")]
     # 399 joined pairs in label windows of 100: three stored, the open one starts at 301
-    assert len(d.store.results(stream="labels")) == 3
+    assert len(d.store.results(stream="labels")) == 3 * 2  # performance + model verdict
     assert source.committed[("labels", 0)] == 301
 
 
@@ -418,7 +418,8 @@ def test_a_daemon_started_during_a_database_outage_waits_then_runs(
     down.clear()
     thread.join(30)
     assert done.is_set()
-    assert len(d.store.results()) == 2 * 2 * 2  # 2 windows x 2 models x 2 detectors
+    # 2 windows x 2 models x (2 detectors + the model verdict)
+    assert len(d.store.results()) == 2 * 2 * 3
 
 
 def test_a_rebalance_during_a_database_outage_waits_for_the_database(tmp_path: Path) -> None:

@@ -159,7 +159,8 @@ def test_predictions_survive_a_restart_so_later_labels_still_join(tmp_path: Path
     second.run(until_exhausted=True)
     assert second.metrics.registry.get_sample_value(
         "driftline_labels_total", {"outcome": "joined"}) == 2000
-    assert len(second.store.results(stream="labels")) == 2 * (2000 // 500)
+    # (2 detectors + the model verdict) per label window
+    assert len(second.store.results(stream="labels")) == 3 * (2000 // 500)
     assert source.committed[("labels", 0)] == 2000
 
     # replaying the same labels (say, after a crash before the commit) changes nothing
@@ -167,7 +168,7 @@ def test_predictions_survive_a_restart_so_later_labels_still_join(tmp_path: Path
     third.run(until_exhausted=True)
     assert third.metrics.registry.get_sample_value(
         "driftline_labels_total", {"outcome": "replayed"}) == 2000
-    assert len(third.store.results(stream="labels")) == 2 * (2000 // 500)
+    assert len(third.store.results(stream="labels")) == 3 * (2000 // 500)
 
 
 STREAMING = [{"kind": "ddm"}, {"kind": "adwin"},

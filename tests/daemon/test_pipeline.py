@@ -40,7 +40,7 @@ def test_drift_detected_in_the_right_windows_and_stored(tmp_path: Path) -> None:
         by_window[r["window_index"]] = by_window.get(r["window_index"], False) or r["drifted"]
     assert sorted(by_window) == list(range(10))
     assert [w for w, d in by_window.items() if d] == [6, 7, 8, 9]
-    assert {r["detector"] for r in rows} == {"ks", "chi2"}
+    assert {r["detector"] for r in rows} == {"ks", "chi2", "model"}
     assert all(r["n_records"] == 1000 for r in rows)
     assert source.committed == {("memory", 0): 10_000}
     reg = daemon.metrics.registry
@@ -58,7 +58,7 @@ def test_commits_stop_at_the_earliest_open_window(tmp_path: Path) -> None:
     daemon.pipeline.run(threading.Event(), until_exhausted=True)
     # windows 0 and 1 are stored; records 2000..2499 sit in the open window
     assert source.committed == {("memory", 0): 2000}
-    assert len(daemon.store.results()) == 4
+    assert len(daemon.store.results()) == 6  # 2 windows x (2 detectors + model verdict)
 
 
 def test_bad_records_are_dead_lettered_with_coordinates_and_counted(tmp_path: Path) -> None:
@@ -68,7 +68,8 @@ def test_bad_records_are_dead_lettered_with_coordinates_and_counted(tmp_path: Pa
     daemon.run(until_exhausted=True)
     got = [(m.offset, e.reason) for m, e in dead.records]
     assert got == [(500, "malformed_json"), (501, "schema"), (502, "unknown_model")]
-    assert len(daemon.store.results()) == 2  # the 1000 good records still make one window
+    # the 1000 good records still make one window: 2 detectors + the model verdict
+    assert len(daemon.store.results()) == 3
     assert source.committed == {("memory", 0): 1003}
     reg = daemon.metrics.registry
     assert reg.get_sample_value("driftline_records_rejected_total",
@@ -111,7 +112,7 @@ def test_failed_flush_is_retried_and_nothing_committed_meanwhile(tmp_path: Path)
     assert commits and all(failures_left == 0 for _, failures_left in commits)
     assert daemon.metrics.registry.get_sample_value(
         "driftline_sink_errors_total", {"sink": "flaky"}) == 2
-    assert len(daemon.store.results()) == 2
+    assert len(daemon.store.results()) == 3  # 2 detectors + the model verdict
 
 
 def test_stop_during_failing_flush_commits_nothing(tmp_path: Path) -> None:

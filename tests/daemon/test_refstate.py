@@ -111,20 +111,20 @@ def test_every_detector_kind_round_trips_through_the_cache(tmp_path: Path) -> No
     loaded = load_or_build(m, builder(m, calls), cache)
     assert len(calls) == 2 and loaded is not saved  # the third came from the file
     assert [p.name.startswith(".tmp-") for p in cache.iterdir()] == [False]
-    assert fresh.detector_names == loaded.detector_names == kinds
+    assert fresh.detector_names == loaded.detector_names == [*kinds, "model"]
     # The cached evaluator must test exactly like a fresh one: statistics, p-values,
     # drifted flags and per-feature results, window after window.
     drifted: set[tuple[str, bool]] = set()
     for window in windows(m, 4):
         got, want = loaded.evaluate(window), fresh.evaluate(window)
         assert comparable(got) == comparable(want), (window.index, got, want)
-        assert [r.detector for r in got.results] == kinds
-        drifted |= {(r.detector, r.drifted) for r in got.results}
+        assert [r.detector for r in got.results] == [*kinds, "model"]
+        drifted |= {(r.detector, r.drifted) for r in got.results if r.detector != "model"}
     # the windows exercise both outcomes (so equal flags mean something): every kind flags
-    # the drifted half; all but wasserstein, whose default threshold is in the features'
-    # own units (the synthetic amounts are in the hundreds), pass the quiet half
+    # the drifted half and passes the quiet half (wasserstein too, now that distances are
+    # calibrated to the window size)
     assert {k for k, d in drifted if d} == set(kinds)
-    assert {k for k, d in drifted if not d} == set(kinds) - {"wasserstein"}
+    assert {k for k, d in drifted if not d} == set(kinds)
 
 
 def test_state_that_cannot_be_pickled_is_used_unsaved(tmp_path: Path) -> None:

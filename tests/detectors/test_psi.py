@@ -110,7 +110,7 @@ def test_matches_hand_written_psi(seed: int) -> None:
         categorical_column(rng, n2, kind, 1),
     )
     # integer columns are numeric unless declared; declare none: "cat" int is then numeric
-    detector = PSIDetector(ref, bins=bins)
+    detector = PSIDetector(ref, bins=bins, n_resamples=0)  # the threshold alone
     result = detector.test(cur)
     assert result.p_value is None and result.correction == "none" and result.threshold == 0.2
     for feature in result.features:
@@ -224,7 +224,7 @@ def test_feature_type_and_dtypes() -> None:
         ({"feature_type": "text"}, ValueError, "feature_type"),
         ({"min_samples": 0}, ValueError, "min_samples"),
         ({"min_samples": 1.5}, TypeError, "min_samples"),
-        ({"alpha": 0.05}, TypeError, "alpha"),
+        ({"alpha": 1.5}, ValueError, "alpha"),  # alpha: the calibration level
     ],
 )
 def test_bad_parameters(params: dict, error: type, match: str) -> None:
@@ -233,6 +233,6 @@ def test_bad_parameters(params: dict, error: type, match: str) -> None:
 
 
 def test_zero_threshold_flags_any_difference() -> None:
-    detector = PSIDetector({"x": np.arange(100.0)}, threshold=0)
+    detector = PSIDetector({"x": np.arange(100.0)}, threshold=0, n_resamples=0)  # uncalibrated
     assert not detector.test({"x": np.arange(100.0)}).drifted
     assert detector.test({"x": np.arange(100.0) + 0.5}).drifted

@@ -78,8 +78,10 @@ def test_build_passes_parameters_and_rejects_unknown_ones() -> None:
     assert isinstance(codes, PSIDetector) and codes.feature_types == {"c": "categorical"}
     with pytest.raises(TypeError, match="threshold"):
         build("ks", NUMERIC, threshold=0.1)
-    with pytest.raises(TypeError, match="alpha"):
-        build("js", NUMERIC, alpha=0.05)
+    with pytest.raises(TypeError, match="correction"):
+        build("js", NUMERIC, correction="bonferroni")
+    # distances take alpha: the level of their calibration to the window size
+    assert build("js", NUMERIC, alpha=0.01).alpha == 0.01
     with pytest.raises(ValueError, match="alpha"):
         build("cvm", NUMERIC, alpha=2.0)
 

@@ -47,7 +47,7 @@ def test_parity_with_scipy(seed: int) -> None:
     flavours = [FLAVOURS[(seed + i) % len(FLAVOURS)] for i in range(3)]
     ref = {f"{i}-{fl}": make_column(rng, n1, fl, 0) for i, fl in enumerate(flavours)}
     cur = {f"{i}-{fl}": make_column(rng, n2, fl, 1) for i, fl in enumerate(flavours)}
-    result = WassersteinDetector(ref, min_samples=1).test(cur)
+    result = WassersteinDetector(ref, min_samples=1, n_resamples=0).test(cur)
     for feature in result.features:
         want = expected(ref[feature.feature], cur[feature.feature])
         np.testing.assert_allclose(feature.statistic, want, rtol=1e-9, atol=1e-12)
@@ -105,12 +105,12 @@ def test_threshold_and_parameters() -> None:
     statistic = WassersteinDetector(ref).test(shifted).statistic
     assert statistic == pytest.approx(5 / np.std(np.arange(100.0)))
     assert not WassersteinDetector(ref, threshold=statistic).test(shifted).drifted
-    assert WassersteinDetector(ref, threshold=0.9 * statistic).test(shifted).drifted
+    assert WassersteinDetector(ref, threshold=0.9 * statistic, n_resamples=0).test(shifted).drifted
     for params, error in (
         ({"threshold": -0.5}, ValueError),
         ({"threshold": None}, TypeError),
         ({"min_samples": 0}, ValueError),
-        ({"alpha": 0.05}, TypeError),
+        ({"alpha": 1.5}, ValueError),  # alpha: the calibration level
         ({"bins": 10}, TypeError),
     ):
         with pytest.raises(error, match=next(iter(params))):
