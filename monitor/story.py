@@ -152,6 +152,8 @@ class WindowLog:
         verdicts = {r.detector: _verdict(r.drifted, r.insufficient_data) for r in report.results}
         features: list[str] = []
         for r in report.results:
+            if r.detector == "model":
+                continue  # the verdict's "features" are its detectors, not the model's
             for f in r.features:
                 if f.drifted and f.feature not in features:
                     features.append(f.feature)

@@ -180,8 +180,11 @@ def stack(kafka_broker, postgres_server, tmp_path_factory) -> Iterator[Stack]:  
         store = SqlStore(db_url)
         store.create_schema()  # idempotent; the daemon may not have created it yet
         try:
-            _wait(lambda: len(store.results("credit-risk")) == 2 * RECORDS // WINDOW
-                  and len(store.results("intent")) == 3 * INTENT_WINDOWS, 180,
+            def windows(model: str) -> int:
+                return len({r["window_index"] for r in store.results(model)})
+
+            _wait(lambda: windows("credit-risk") == RECORDS // WINDOW
+                  and windows("intent") == INTENT_WINDOWS, 180,
                   "every window to be stored", s)
         finally:
             store.close()
@@ -198,7 +201,7 @@ def test_every_window_is_stored_in_postgres_with_drift_where_injected(stack: Sta
     rows = store.results("credit-risk")
     store.close()
     assert sorted({(r["window_index"], r["detector"]) for r in rows}) == [
-        (w, d) for w in range(RECORDS // WINDOW) for d in ("chi2", "ks")]
+        (w, d) for w in range(RECORDS // WINDOW) for d in ("chi2", "ks", "model")]
     assert all(r["n_records"] == WINDOW for r in rows)
     drifted = sorted({r["window_index"] for r in rows if r["drifted"]})
     assert drifted == list(range(DRIFT_AT // WINDOW, RECORDS // WINDOW))
@@ -222,7 +225,7 @@ def test_the_log_tells_the_story(stack: Stack) -> None:
     assert "income" in started[0][1]
     assert "not found in cluster metadata" not in text
     assert not re.search(r"ERROR kafka", text)
-    assert re.search(r"model credit-risk: reference ready \(\d+ rows, 2 detectors\)", text)
+    assert re.search(r"model credit-risk: reference ready \(\d+ rows, 3 detectors\)", text)
 
 
 def test_report_from_postgres_shows_where_drift_started(stack: Stack, tmp_path: Path) -> None:
