@@ -69,8 +69,11 @@ def label_windows(d: DaemonProc) -> int:
                                 .where(WindowRow.stream == "labels")).scalar_one())
 
 
-@pytest.mark.parametrize(("backend", "members"), [("webhook", 1), ("kafka", 1),
-                                                  ("command", 1), ("webhook", 2)])
+# The suite's time budget allows three runs: Kafka's own dedupe after a crash, a command
+# (at-least-once by nature: deduplicated by the lease and the stored state), and the webhook
+# with two daemons handing the partitions to each other at every kill.
+@pytest.mark.parametrize(("backend", "members"), [("kafka", 1), ("command", 1),
+                                                  ("webhook", 2)])
 def test_one_request_per_incident_through_kills(
         kafka_broker, kafka_topic, fresh_db, tmp_path: Path,
         backend: str, members: int) -> None:  # type: ignore[no-untyped-def]
