@@ -50,7 +50,7 @@ def test_evidently_snapshot_of_a_drifted_window(demo: Path, tmp_path: Path,
     doc = json.loads(out.read_text())
     meta = doc["metadata"]
     assert meta["source"] == "driftline" and meta["window"] == "2"
-    assert meta["driftline_verdicts"] == {"chi2": "drift", "ks": "drift"}
+    assert meta["driftline_verdicts"] == {"chi2": "drift", "ks": "drift", "model": "drift"}
     assert "income" in meta["driftline_drifted_features"]
     assert meta["reference_data"] == "the model's reference file, exactly"
     assert "approximate" in meta["current_data"]

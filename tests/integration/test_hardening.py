@@ -162,7 +162,9 @@ def test_database_outage_during_start_up_and_rebalance_stops_no_daemon(
         a.wait_for(lambda: a.log_text().count("partitions assigned") >= 2, 60,
                    "a's rebalance after b joined")
         a.wait_for_windows(full_windows(counts, WINDOW) // 2, 120)
-        a.wait_for(lambda: a.http_status("/readyz") == 200, 30, "a ready")
+        for d in (a, b):
+            d.wait_for(lambda d=d: d.http_status("/readyz") == 200, 30, "ready")
+        time.sleep(3.0)  # the state reload after that rebalance runs at the next poll
         try:
             postgres_server.stop()
             t_down = time.monotonic()
