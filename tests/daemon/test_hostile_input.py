@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,45 +36,26 @@ from monitor.sources import Message, RebalanceHook
 from monitor.storage import WindowRow
 from monitor.synthetic import SyntheticStream
 
+from . import test_labels as labels_tests
+
 A = SyntheticStream(model="model-a", seed=21)
 B = SyntheticStream(model="model-b", seed=22)
 
 
-class ListSource:
-    """Messages in a fixed order; remembers commits; optionally starts at an offset list."""
+class ListSource(labels_tests.ListSource):
+    """The labels tests' fixed-order source, with batches of 400 and rebalance hooks."""
 
     def __init__(self, messages: list[Message], batch: int = 400) -> None:
-        self.messages, self.batch, self.i = messages, batch, 0
-        self.committed: dict[tuple[str, int], int] = {}
+        super().__init__(messages, batch)
         self.revoked: RebalanceHook = lambda tps: None
         self.assigned: RebalanceHook = lambda tps: None
-
-    def poll(self, timeout_s: float) -> list[Message]:
-        out = self.messages[self.i:self.i + self.batch]
-        self.i += len(out)
-        return out
-
-    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        self.committed.update(offsets)
-
-    exhausted = property(lambda self: self.i >= len(self.messages))
-    connected = True
-
-    def lag(self) -> dict[tuple[str, int], int]:
-        return {}
 
     def seek(self, tp: tuple[str, int], offset: int) -> None:
         self.i = next(i for i, m in enumerate(self.messages)
                       if (m.topic, m.partition) == tp and m.offset >= offset)
 
-    def pause(self) -> None: ...
-
-    def resume(self) -> None: ...
-
     def on_rebalance(self, revoked: RebalanceHook, assigned: RebalanceHook) -> None:
         self.revoked, self.assigned = revoked, assigned
-
-    def close(self) -> None: ...
 
 
 def two_model_settings(tmp_path: Path, db: Path, *, window: dict | None = None,
