@@ -3,7 +3,8 @@
 #   Debian packages (Prometheus, Alertmanager, PostgreSQL, Java/Maven if missing), the
 #   Kafka jars from Maven Central (cached), driftline with its test extras, then ruff and
 #   mypy (the quality gate), then pytest.
-# Extra arguments go to pytest, e.g. scripts/test.sh -k kafka -x
+# Extra arguments go to pytest, e.g. scripts/test.sh -k kafka -x (DRIFTLINE_TEST_WORKERS=0:
+# no worker processes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,4 +19,6 @@ for pkg in monitor detectors embeddings training; do [[ -d "$pkg" ]] && packages
 echo "test.sh: mypy ${packages[*]}" >&2
 python3 -m mypy "${packages[@]}"
 
-exec python3 -m pytest "$@"
+# Two workers (DRIFTLINE_TEST_WORKERS): every test that needs a real service runs on one of
+# them, in order (one xdist group, see tests/conftest.py); the CPU-bound rest fills the other.
+exec python3 -m pytest -n "${DRIFTLINE_TEST_WORKERS:-2}" --dist loadgroup "$@"
