@@ -310,8 +310,9 @@ def _captured_rows(args: argparse.Namespace, features: tuple[str, ...]) -> Any:
 def _retrain_run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from monitor.retrain_job import read_rows, run_job
-    from training import GateConfig, LabelledRows, TrainConfig
+    from monitor.retrain_job import read_rows
+    from monitor.retrain_torchrun import join_torchrun, leave_torchrun, train_as_worker
+    from training import LabelledRows, TrainConfig
 
     m, spec = _retrain_model(args)
     features = tuple(f.name for f in m.features if f.type == "numeric")
@@ -337,18 +338,42 @@ def _retrain_run(args: argparse.Namespace) -> int:
             reference = LabelledRows(reference.x.reshape(len(reference), *shape), reference.y)
     weights = (np.asarray([float(w) for w in args.label_weights.split(",")])
                if args.label_weights else None)
-    result = run_job(
-        args.model, rows, registry_dir=args.registry, model=spec,
-        model_path=m.embedding.model.path, reference=reference,
-        features=features, strategy=args.strategy, action=args.action, label_weights=weights,
-        device=args.device, nproc=args.nproc, seed=args.seed, request_id=args.request,
-        train=TrainConfig(epochs=args.epochs),
-        gate_config=GateConfig(alpha=args.alpha, min_gain=args.min_gain,
-                               max_reference_drop=args.max_reference_drop),
-        dry_run=args.dry_run, result_path=args.result)
+    place = join_torchrun(args.device)
+    if place.active and args.nproc > 1:
+        raise ConfigError("--nproc starts its own processes: not under torchrun, which "
+                          "already started them")
+    try:
+        if place.rank > 0:
+            if args.action == "retrain" and not args.dry_run:
+                train_as_worker(rows, registry_dir=args.registry, model_name=args.model,
+                                model=spec, model_path=m.embedding.model.path,
+                                reference=reference,
+                                config=TrainConfig(epochs=args.epochs).replace(
+                                    strategy=args.strategy, device=place.device,
+                                    seed=args.seed))
+            return 0
+        result = _run_job_rank0(args, m, spec, rows, reference, features, weights, place)
+    finally:
+        leave_torchrun(place)
     print(json.dumps({k: result.as_dict()[k] for k in (
         "status", "model", "version", "champion_before", "champion_after", "reason")}))
     return 1 if result.status == "failed" else 0
+
+
+def _run_job_rank0(args: argparse.Namespace, m: Any, spec: Any, rows: Any, reference: Any,
+                   features: tuple[str, ...], weights: Any, place: Any) -> Any:
+    from monitor.retrain_job import run_job
+    from training import GateConfig, TrainConfig
+
+    return run_job(
+        args.model, rows, registry_dir=args.registry, model=spec,
+        model_path=m.embedding.model.path, reference=reference,
+        features=features, strategy=args.strategy, action=args.action, label_weights=weights,
+        device=place.device, nproc=max(args.nproc, place.world), seed=args.seed,
+        request_id=args.request, train=TrainConfig(epochs=args.epochs),
+        gate_config=GateConfig(alpha=args.alpha, min_gain=args.min_gain,
+                               max_reference_drop=args.max_reference_drop),
+        dry_run=args.dry_run, result_path=args.result)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -88,6 +88,12 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+def _in_process_group() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -228,7 +234,7 @@ def _train_gate_register(
         def on_epoch(entry: Any) -> None:
             _log_epoch(entry, cfg.task)
 
-        if nproc > 1:
+        if nproc > 1 and not _in_process_group():  # under torchrun fit() runs DDP itself
             fitted = fit_distributed(champion, data, cfg, nproc=nproc,
                                      start_method="spawn" if cfg.device.startswith("cuda")
                                      else "fork")
