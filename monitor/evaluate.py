@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -50,8 +51,9 @@ class VerdictPolicy:
     verdicts. Its ``features`` are the detectors' contributions plus one entry
     ``debounce``: ``statistic`` the expected windows between false alarms,
     ``drifted`` this window's raw verdict, ``n_reference``/``n_current`` the rule's
-    ``k``/``n``. The verdicts are kept in memory: after a restart the rule counts
-    afresh (an alarm can only come later, never earlier).
+    ``k``/``n``. The recent raw verdicts and window ends travel with each report as the
+    ``model`` detector's state, stored in the window's transaction, so a restarted or
+    rebalanced daemon resumes the rule where the stored windows left it.
     """
 
     def __init__(self, model: str, alpha: float, method: str = "holm",
@@ -88,6 +90,19 @@ class VerdictPolicy:
             self._rule = rule
         return rule
 
+    def state(self) -> str:
+        return json.dumps({"verdicts": list(self._verdicts), "ends": list(self._ends)})
+
+    def load_state(self, saved: str | None) -> None:
+        """Resume from :meth:`state` (``None``: no stored window, start afresh)."""
+        self._verdicts.clear()
+        self._ends.clear()
+        if saved is None:
+            return
+        doc = json.loads(saved)
+        self._verdicts.extend(bool(v) for v in doc.get("verdicts", ()))
+        self._ends.extend(float(e) for e in doc.get("ends", ()))
+
     def apply(self, results: list[DriftResult], window_end: float) -> DriftResult:
         self._ends.append(window_end)
         rule = self.rule()
@@ -122,12 +137,18 @@ class ComponentEvaluator:
         return [*names, MODEL] if self.verdict is not None else names
 
     def state(self) -> dict[str, str]:
-        """Detector name -> JSON state of the stateful components (stored per window)."""
-        return {k: v for c in self.components for k, v in c.state().items()}
+        """Detector name -> JSON state of the stateful components and of the verdict's
+        k-of-n history (stored per window)."""
+        out = {k: v for c in self.components for k, v in c.state().items()}
+        if self.verdict is not None:
+            out[MODEL] = self.verdict.state()
+        return out
 
     def load_state(self, saved: Mapping[str, str]) -> None:
         for c in self.components:
             c.load_state(saved)
+        if self.verdict is not None:
+            self.verdict.load_state(saved.get(MODEL))
 
     def evaluate(self, window: ClosedWindow) -> WindowReport:
         n = len(window.records)
@@ -140,7 +161,7 @@ class ComponentEvaluator:
             model=self.model, window_index=window.index, window_start=window.start,
             window_end=window.end, n_records=n, results=tuple(results),
             offsets=window.offsets, evaluated_at=time.time(), stream=self.stream,
-            state=self.state() if self.stateful else None)
+            state=self.state() if self.stateful or self.verdict is not None else None)
 
 
 class ModelEvaluator(ComponentEvaluator):

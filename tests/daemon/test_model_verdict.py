@@ -262,6 +262,44 @@ def test_every_days_follows_the_window_rate() -> None:
     assert counted.windows_per_day() == pytest.approx(1440.0)
 
 
+def test_the_k_of_n_history_survives_a_restart_through_the_stored_state(
+        tmp_path: Path) -> None:
+    """A restarted daemon resumes the rule: window 0 drifted before the stop, window 1
+    after it, and 2 of 2 fires on window 1, as it would have without the stop."""
+    from monitor.storage import SqlStore
+
+    rng = np.random.default_rng(3)
+    settings = ModelSettings.model_validate(model_doc(
+        tmp_path, [{"kind": "ks"}], false_alarms={"every_windows": 200}))
+
+    def evaluator() -> ModelEvaluator:
+        return ModelEvaluator(settings, {"x0": rng.normal(size=N_REF)})
+
+    def shifted(index: int) -> ClosedWindow:
+        return window(index, [SimpleNamespace(features={"x0": v}, prediction=None)
+                              for v in rng.normal(3.0, 1.0, WINDOW)])
+
+    before = evaluator()
+    first = before.evaluate(shifted(0))
+    rule = first.results[-1].features[-1]
+    assert (rule.feature, rule.n_reference, rule.n_current) == ("debounce", 2, 2)
+    assert rule.drifted and not first.results[-1].drifted  # 1 of 2 so far
+    store = SqlStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.create_schema()
+    store.write(first)
+    store.flush()
+    saved = store.detector_states()[("features", "m")]
+    store.close()
+    assert set(saved) == {"model"}
+
+    resumed = evaluator()  # the restarted daemon: pipeline.restore_state loads this
+    resumed.load_state(saved)
+    assert resumed.evaluate(shifted(1)).results[-1].drifted
+    forgetful = evaluator()
+    forgetful.load_state({})
+    assert not forgetful.evaluate(shifted(1)).results[-1].drifted
+
+
 # --- the verdict as its own gauge -----------------------------------------------------------
 
 def test_model_verdict_is_exported_as_its_own_gauge() -> None:
