@@ -195,8 +195,8 @@ class Dispatcher:
 
     def _follow_jobs(self) -> None:
         """dispatched -> running -> succeeded | failed, for backends that can tell."""
-        for r in self.store.requests():
-            if r.state not in ("dispatched", "running") or r.model not in self.backends:
+        for r in self.store.requests_in(("dispatched", "running")):
+            if r.model not in self.backends:
                 continue
             status = getattr(self.backends[r.model], "status", None)
             if status is None or r.external_id is None:
@@ -222,8 +222,8 @@ class Dispatcher:
     def _export_in_flight(self) -> None:
         counts = {m: 0 for m in self.backends}
         waiting = {m: 0 for m in self.backends}
-        for r in self.store.requests():
-            if r.state in IN_FLIGHT and r.model in counts:
+        for r in self.store.requests_in(IN_FLIGHT):
+            if r.model in counts:
                 counts[r.model] += 1
                 waiting[r.model] += r.state == "pending_approval"
         for model, n in counts.items():
