@@ -216,6 +216,29 @@ def test_debounce_k_above_n_is_refused() -> None:
         parse_settings(doc, env={})
 
 
+@pytest.mark.parametrize("false_alarms", [{"every_windows": 100},
+                                          {"every_days": 30, "max_n": 4}])
+def test_debounce_defaults_to_the_false_alarm_rule(false_alarms: dict) -> None:
+    """Issue 12: one k-of-n rule for the model verdict and the retraining policy."""
+    from monitor.evaluate import verdict_policy
+
+    def model(**retrain: object) -> Any:
+        doc = {"models": [{"name": "m", "reference": {"path": "r.csv"}, "alpha": 0.05,
+                           "features": [{"name": "a", "type": "numeric"}],
+                           "window": {"kind": "time", "seconds": 3600},
+                           "false_alarms": false_alarms,
+                           "retrain": {"action": {"kind": "command", "command": ["true"]},
+                                       **retrain}}]}
+        return parse_settings(doc, env={}).models[0]
+
+    m = model()
+    rule = verdict_policy(m, 3600.0).rule()
+    assert (m.retrain.debounce.k, m.retrain.debounce.n) == (rule.k, rule.n)
+    assert (rule.k, rule.n) != (2, 3)  # not the plain default
+    kept = model(debounce={"k": 2, "n": 3})  # an explicit rule wins
+    assert (kept.retrain.debounce.k, kept.retrain.debounce.n) == (2, 3)
+
+
 def test_transitions_are_checked(tmp_path: Path) -> None:
     store, retrain = store_with_request(tmp_path, state="pending_approval")
     (rid,) = [r.id for r in retrain.requests()]

@@ -18,7 +18,7 @@ def store_with_request(tmp: Path, state: str = "queued",
     buffer = DecisionBuffer()
     store.join_transaction(buffer)
     w = Window("labels", 5, 500.0, 599.0, 100, frozenset({"concept"}))
-    buffer.decisions.append(("m", Decision("concept", "retrain", "labels", first_window, 400.0, state,
-                                           500, w, "test")))
+    buffer.decisions.append(("m", Decision("concept", "retrain", "labels", first_window, 400.0,
+                                           state, 500, w, "test")))
     store.flush()
     return store, RetrainStore(store.engine)
