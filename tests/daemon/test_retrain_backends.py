@@ -252,6 +252,17 @@ def test_transitions_are_checked(tmp_path: Path) -> None:
     store.close()
 
 
+def test_the_dispatcher_reads_requests_by_state(tmp_path: Path) -> None:
+    """Its rounds load the in-flight few (by the state index), never the finished history."""
+    store, retrain = store_with_request(tmp_path)
+    (rid,) = [r.id for r in retrain.requests()]
+    assert [r.id for r in retrain.requests_in(("queued",))] == [rid]
+    retrain.transition(rid, "cancelled", "test")
+    assert retrain.requests_in(("queued", "dispatched", "running")) == []
+    assert [r.state for r in retrain.requests_in(("cancelled",))] == ["cancelled"]
+    store.close()
+
+
 def test_write_decision_is_insert_if_absent(tmp_path: Path) -> None:
     store, retrain = store_with_request(tmp_path)
     w = Window("labels", 6, 600.0, 699.0, 100, frozenset({"concept"}))

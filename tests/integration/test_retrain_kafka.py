@@ -243,7 +243,8 @@ def test_one_request_and_one_run_per_backend_through_kills(
         with contextlib.ExitStack() as stack, ThreadPoolExecutor(members) as pool:
             for p in procs:
                 stack.enter_context(p)
-                p.start()
+            for f in [pool.submit(p.start) for p in procs]:  # both at once: ~10 s each
+                f.result()
             for c, start in enumerate(range(0, N, CHUNK)):
                 produce(bootstrap, topic, iter(flat(preds, start, start + CHUNK)))
                 produce(bootstrap, labels_topic,
