@@ -286,6 +286,8 @@ class BackendSettings(_Strict):
         description="ray: the job's shell command; {id}, {model}, {action}, {config} filled in.")
     jobs_dir: Path = Field(default=Path("driftline-jobs"), description="builtin: job logs and "
                            "result files (relative to the settings file).")
+    job_args: tuple[str, ...] = Field(default=(), description="builtin: more arguments of "
+                                      "`driftline retrain run` (--registry DIR, --epochs N...).")
     timeout_seconds: float = Field(default=30, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     backoff_seconds: float = Field(default=5, gt=0)
@@ -372,6 +374,30 @@ class ModelSettings(_Strict):
     verdict: VerdictSettings = Field(default_factory=VerdictSettings)
     false_alarms: FalseAlarmSettings | None = Field(
         default=None, description="Default: every window whose verdict is drifted alarms.")
+
+    @model_validator(mode="after")
+    def _retrain_debounce_from_false_alarms(self) -> ModelSettings:
+        """Issue 12: ``false_alarms`` sets the k-of-n rule of the model verdict and of the
+        retraining policy alike, unless ``retrain.debounce`` is given. Derived here, once,
+        so the policy stays a function of the settings and the stored windows (a count
+        window's ``every_days`` uses the verdict's assumed rate, not the observed one)."""
+        if (self.retrain is None or self.false_alarms is None
+                or "debounce" in self.retrain.model_fields_set):
+            return self
+        from detectors.alarms import debounce
+        from monitor.evaluate import ASSUMED_WINDOWS_PER_DAY
+
+        fa = self.false_alarms
+        if fa.every_windows is not None:
+            every = fa.every_windows
+        else:
+            per_day = (86_400.0 / self.window.seconds if isinstance(self.window, TimeWindow)
+                       else ASSUMED_WINDOWS_PER_DAY)
+            every = max(float(fa.every_days or 0) * per_day, 1.0 + 1e-9)
+        rule = debounce(self.alpha, every, fa.max_n)
+        retrain = self.retrain.model_copy(update={"debounce": Debounce(k=rule.k, n=rule.n)})
+        object.__setattr__(self, "retrain", retrain)  # frozen: the derived default in place
+        return self
 
     @field_validator("features")
     @classmethod

@@ -25,6 +25,7 @@ from services.alertmanager import DEFAULT_CONFIG, AlertmanagerServer  # noqa: E4
 from services.kafka import KafkaBroker  # noqa: E402
 from services.postgres import PostgresServer  # noqa: E402
 from services.prometheus import PrometheusServer  # noqa: E402
+from services.ray_head import RayHead  # noqa: E402
 
 
 class _Startable(Protocol):
@@ -100,6 +101,17 @@ def kafka_topic(
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One local Ray head per session (the retraining tests share it); yields its Jobs API
+    address."""
+    head = RayHead(tmp_path_factory.mktemp("ray"))
+    try:
+        yield _started(head, "a Ray head").address
+    finally:
+        head.stop()
 
 
 @pytest.fixture(scope="session")

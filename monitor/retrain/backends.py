@@ -28,6 +28,7 @@ import hmac
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -102,12 +103,13 @@ class BuiltinBackend:
         self.jobs_dir = (cfg.jobs_dir if cfg.jobs_dir.is_absolute()
                          else config_path.parent / cfg.jobs_dir)
         self.nproc = cfg.nproc
+        self.job_args = list(cfg.job_args)
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
 
     def argv(self, request: Mapping[str, Any]) -> list[str]:
         job = ["-m", "monitor.cli", "retrain", "run", "--config", str(self.config_path),
                "--model", str(request["model"]), "--request", str(request["id"]),
-               "--result", str(self.result_path(str(request["id"])))]
+               "--result", str(self.result_path(str(request["id"]))), *self.job_args]
         if self.nproc > 1:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={self.nproc}", *job]
@@ -116,10 +118,16 @@ class BuiltinBackend:
     def result_path(self, rid: str) -> Path:
         return self.jobs_dir / f"{rid}.json"
 
+    def pid_path(self, rid: str) -> Path:
+        return self.jobs_dir / f"{rid}.pid"
+
     def submit(self, request: Mapping[str, Any]) -> str:
         rid = str(request["id"])
         if self.result_path(rid).exists():  # it ran already (a re-send after a crash)
             return f"done:{rid}"
+        started = self._started(rid)
+        if started is not None:  # started before a crash, not recorded: the same job
+            return started
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         with (self.jobs_dir / f"{rid}.log").open("ab") as log_file:
             try:
@@ -130,7 +138,33 @@ class BuiltinBackend:
             except OSError as exc:
                 raise BackendError(f"cannot start the retraining job: {exc.strerror}") from None
         self._procs[proc.pid] = proc
+        # Written at once: a daemon killed before it records the dispatch finds the job here
+        # on its re-send instead of starting a second one.
+        self.pid_path(rid).write_text(f"{proc.pid}\n")
         return f"pid:{proc.pid}"
+
+    def _started(self, rid: str) -> str | None:
+        try:
+            return f"pid:{int(self.pid_path(rid).read_text())}"
+        except (OSError, ValueError):
+            return None
+
+    def cancel(self, external_id: str, request_id: str) -> str:
+        """Stop the job (SIGTERM to its process group; it started its own session)."""
+        if not external_id.startswith("pid:"):
+            return "the job had ended"
+        pid = int(external_id[4:])
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return f"the job (pid {pid}) had ended"
+        except PermissionError:
+            raise BackendError(f"cannot stop the job (pid {pid}): not permitted") from None
+        proc = self._procs.pop(pid, None)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        return f"the job (pid {pid}) was sent SIGTERM"
 
     def status(self, external_id: str, request_id: str) -> tuple[str, str] | None:
         """(running | succeeded | promoted | failed, reason), or None when unknown. A job
@@ -352,6 +386,17 @@ class RayBackend:
                 return rid
             raise BackendError(f"Ray job submission failed: {type(exc).__name__}: "
                                f"{str(exc)[:200]}") from None
+
+    def cancel(self, external_id: str, request_id: str) -> str:
+        """Stop the Ray job (``stop_job``; a job that ended already is left as it is)."""
+        try:
+            stopped = self._client().stop_job(external_id)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"Ray job {external_id} could not be stopped: "
+                               f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        return f"Ray job {external_id} " + ("stopped" if stopped else "had ended")
 
     def status(self, external_id: str, request_id: str) -> tuple[str, str] | None:
         try:

@@ -19,6 +19,51 @@ def _store(args: argparse.Namespace) -> Any:
     return RetrainStore(store.engine)
 
 
+#: Backends whose running job `cancel` stops; the others (command, webhook, kafka) handed
+#: the request to a system driftline cannot reach back into: the request is cancelled
+#: here only.
+STOPPABLE = ("builtin", "ray")
+
+
+def cancel_request(store: Any, rid: str, reason: str, backend: Any = None) -> tuple[Any, str]:
+    """Cancel request ``rid`` (compare-and-set first, so a request that finished meanwhile
+    is refused, not stopped), then stop its backend job when ``backend`` can. Returns the
+    request and what happened to the job."""
+    before = store.get(rid)
+    after = store.transition(rid, "cancelled", reason)
+    stop = getattr(backend, "cancel", None)
+    if before.state not in ("dispatched", "running") or before.external_id is None:
+        return after, "no job had been started"
+    if stop is None:
+        return after, (f"the {before.backend or 'backend'} system was not told: stop its run "
+                       f"{before.external_id} there if needed")
+    return after, str(stop(before.external_id, rid))
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from monitor.retrain.backends import BackendError, build_backend
+    from monitor.settings import load_settings
+
+    settings = load_settings(args.config)
+    store = _store(args)
+    request = store.get(args.id)
+    cfg = {m.name: m.retrain for m in settings.models if m.retrain is not None}.get(
+        request.model)
+    backend = None
+    if cfg is not None and cfg.action.kind in STOPPABLE and request.backend == cfg.action.kind:
+        backend = build_backend(cfg.action, config_path=Path(args.config))
+    try:
+        r, note = cancel_request(store, args.id, args.reason or "cancelled by an operator",
+                                 backend)
+    except BackendError as exc:
+        print(f"request {args.id} is now cancelled, but its job was not stopped: {exc}")
+        return 1
+    print(f"request {r.id} is now {r.state}; {note}")
+    return 0
+
+
 def _when(t: datetime | float | None) -> str:
     if t is None:
         return "-"
@@ -96,11 +141,12 @@ def register(sub: Any) -> Any:
     for name, to, verb, what in (
             ("approve", "queued", "approved", "a request waiting for approval is queued"),
             ("reject", "rejected", "rejected", "a request waiting for approval is rejected"),
-            ("cancel", "cancelled", "cancelled", "stop a request that is not finished")):
+            ("cancel", "cancelled", "cancelled", "stop a request that is not finished (and "
+             "its builtin or Ray job)")):
         p = cmds.add_parser(name, help=what, epilog=f"example: driftline retrain {name} "
                             "--config driftline.yml ID --reason 'checked the incident'")
         common(p)
         p.add_argument("id", help="the request id (see `list`)")
         p.add_argument("--reason", help="recorded in the request's history")
-        p.set_defaults(fn=_move(to, verb))
+        p.set_defaults(fn=cmd_cancel if name == "cancel" else _move(to, verb))
     return cmds

@@ -32,7 +32,7 @@ from monitor.storage.models import RetrainRequestRow
 
 log = logging.getLogger("driftline.retrain")
 
-LEASE_S = 60.0
+LEASE_S = 60.0  # without backend settings; else 3 timeouts (Kafka: position, find, send)
 PENDING = "pending:"  # external_id of a request being sent: where to look after a crash
 IN_FLIGHT = ("pending_approval", "queued", "dispatched", "running")
 
@@ -53,6 +53,10 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_prune = 0.0
+        # Long enough for the slowest backend's calls (Kafka: position, find, send), so a
+        # lease never expires while its daemon is still sending.
+        self.lease_s = (max(3 * c.timeout_seconds for c in self.settings.values()) + 10
+                        if self.settings else LEASE_S)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="driftline-dispatch",
@@ -89,7 +93,7 @@ class Dispatcher:
                     .with_for_update(skip_locked=True))
             rows = list(s.execute(stmt).scalars())
             for r in rows:
-                r.lease_until = now + LEASE_S
+                r.lease_until = now + self.lease_s
             s.flush()
             s.expunge_all()
             return rows
@@ -97,8 +101,13 @@ class Dispatcher:
     def run_once(self) -> int:
         """One round; returns how many requests were handed over."""
         done = 0
-        for row in self.claim():
-            if self._dispatch(row):
+        # One claim at a time: a daemon killed mid-round strands only the request it was
+        # sending (until its lease ends), not the others it would have claimed with it.
+        for _ in range(5):
+            rows = self.claim(limit=1)
+            if not rows:
+                break
+            if self._dispatch(rows[0]):
                 done += 1
         self._follow_jobs()
         self._export_in_flight()
@@ -195,8 +204,8 @@ class Dispatcher:
 
     def _follow_jobs(self) -> None:
         """dispatched -> running -> succeeded | failed, for backends that can tell."""
-        for r in self.store.requests():
-            if r.state not in ("dispatched", "running") or r.model not in self.backends:
+        for r in self.store.requests_in(("dispatched", "running")):
+            if r.model not in self.backends:
                 continue
             status = getattr(self.backends[r.model], "status", None)
             if status is None or r.external_id is None:
@@ -222,8 +231,8 @@ class Dispatcher:
     def _export_in_flight(self) -> None:
         counts = {m: 0 for m in self.backends}
         waiting = {m: 0 for m in self.backends}
-        for r in self.store.requests():
-            if r.state in IN_FLIGHT and r.model in counts:
+        for r in self.store.requests_in(IN_FLIGHT):
+            if r.model in counts:
                 counts[r.model] += 1
                 waiting[r.model] += r.state == "pending_approval"
         for model, n in counts.items():

@@ -176,6 +176,14 @@ class RetrainStore:
         with self._sessions() as s:
             return [_view(r) for r in s.execute(stmt).scalars()]
 
+    def requests_in(self, states: Iterable[str]) -> list[RequestView]:
+        """The requests in ``states`` (the dispatcher's rounds: the in-flight few, by the
+        ``state`` index, never the whole history)."""
+        stmt = (select(RetrainRequestRow).where(RetrainRequestRow.state.in_(list(states)))
+                .order_by(RetrainRequestRow.created_at, RetrainRequestRow.id))
+        with self._sessions() as s:
+            return [_view(r) for r in s.execute(stmt).scalars()]
+
     def get(self, rid: str) -> RequestView:
         with self._sessions() as s:
             row = s.get(RetrainRequestRow, rid)

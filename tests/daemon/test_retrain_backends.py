@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from services.retrain import store_with_request
 
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, MonitorError
 from monitor.metrics import Metrics
 from monitor.retrain.backends import BackendError, BuiltinBackend, WebhookBackend, cloud_event
 from monitor.retrain.dispatcher import Dispatcher
@@ -83,6 +83,38 @@ def test_a_job_that_dies_without_a_result_fails_the_request(tmp_path: Path) -> N
     r = retrain.get(rid)
     assert r.state == "failed" and "exited 3 without writing" in (r.reason or "")
     store.close()
+
+
+def test_cancel_stops_a_running_builtin_job(tmp_path: Path) -> None:
+    from monitor.retrain.cli import cancel_request
+
+    store, retrain = store_with_request(tmp_path)
+    (rid,) = [r.id for r in retrain.requests()]
+    backend = FakeJob(tmp_path, "promoted", sleep=60)
+    d = Dispatcher(retrain, {"m": backend}, {"m": BackendSettings(kind="builtin")},
+                   Metrics(CollectorRegistry()))
+    assert d.run_once() == 1
+    pid = int(retrain.get(rid).external_id[4:])
+    r, note = cancel_request(retrain, rid, "wrong incident", backend)
+    assert r.state == "cancelled" and note == f"the job (pid {pid}) was sent SIGTERM"
+    assert not Path(f"/proc/{pid}").exists()  # stopped and reaped
+    d.run_once()
+    assert retrain.get(rid).state == "cancelled"
+    assert not (tmp_path / "jobs" / f"{rid}.json").exists()
+    # a finished request cannot be cancelled: refused before anything is stopped
+    with pytest.raises(MonitorError, match="is cancelled: it cannot become cancelled"):
+        cancel_request(retrain, rid, "again", backend)
+    store.close()
+
+
+def test_a_resend_after_a_crash_finds_the_started_job(tmp_path: Path) -> None:
+    """The daemon died after starting the job, before recording it: no second job."""
+    backend = FakeJob(tmp_path, "promoted", sleep=2)
+    first = backend.submit(REQUEST)
+    again = FakeJob(tmp_path, "promoted")  # the restarted daemon's backend
+    assert again.submit(REQUEST) == first
+    assert again.status(first, REQUEST["id"]) == ("running", "the job is running")
+    backend.cancel(first, REQUEST["id"])
 
 
 class Flaky:
@@ -184,6 +216,29 @@ def test_debounce_k_above_n_is_refused() -> None:
         parse_settings(doc, env={})
 
 
+@pytest.mark.parametrize("false_alarms", [{"every_windows": 100},
+                                          {"every_days": 30, "max_n": 4}])
+def test_debounce_defaults_to_the_false_alarm_rule(false_alarms: dict) -> None:
+    """Issue 12: one k-of-n rule for the model verdict and the retraining policy."""
+    from monitor.evaluate import verdict_policy
+
+    def model(**retrain: object) -> Any:
+        doc = {"models": [{"name": "m", "reference": {"path": "r.csv"}, "alpha": 0.05,
+                           "features": [{"name": "a", "type": "numeric"}],
+                           "window": {"kind": "time", "seconds": 3600},
+                           "false_alarms": false_alarms,
+                           "retrain": {"action": {"kind": "command", "command": ["true"]},
+                                       **retrain}}]}
+        return parse_settings(doc, env={}).models[0]
+
+    m = model()
+    rule = verdict_policy(m, 3600.0).rule()
+    assert (m.retrain.debounce.k, m.retrain.debounce.n) == (rule.k, rule.n)
+    assert (rule.k, rule.n) != (2, 3)  # not the plain default
+    kept = model(debounce={"k": 2, "n": 3})  # an explicit rule wins
+    assert (kept.retrain.debounce.k, kept.retrain.debounce.n) == (2, 3)
+
+
 def test_transitions_are_checked(tmp_path: Path) -> None:
     store, retrain = store_with_request(tmp_path, state="pending_approval")
     (rid,) = [r.id for r in retrain.requests()]
@@ -194,6 +249,17 @@ def test_transitions_are_checked(tmp_path: Path) -> None:
     assert retrain.transition(rid, "rejected", "not now").state == "rejected"
     with pytest.raises(RequestError, match="no retraining request"):
         retrain.get("rr-missing")
+    store.close()
+
+
+def test_the_dispatcher_reads_requests_by_state(tmp_path: Path) -> None:
+    """Its rounds load the in-flight few (by the state index), never the finished history."""
+    store, retrain = store_with_request(tmp_path)
+    (rid,) = [r.id for r in retrain.requests()]
+    assert [r.id for r in retrain.requests_in(("queued",))] == [rid]
+    retrain.transition(rid, "cancelled", "test")
+    assert retrain.requests_in(("queued", "dispatched", "running")) == []
+    assert [r.state for r in retrain.requests_in(("cancelled",))] == ["cancelled"]
     store.close()
 
 

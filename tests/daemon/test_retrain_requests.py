@@ -208,4 +208,10 @@ def test_covariate_drift_alone_collects_and_manual_approval_parks(
     assert main(["retrain", "show", "--config", str(cfg), r.id]) == 0
     shown = capsys.readouterr().out
     assert "pending_approval -> queued: approved by an operator" in shown
+    # a dispatched command request: cancelled here, the external system is not told
+    assert main(["retrain", "cancel", "--config", str(cfg), r.id]) == 0
+    assert "the command system was not told" in capsys.readouterr().out
+    assert store2.get(r.id).state == "cancelled"
+    assert main(["retrain", "cancel", "--config", str(cfg), r.id]) == 2
+    assert "is cancelled: it cannot become cancelled" in capsys.readouterr().err
     d2.close()

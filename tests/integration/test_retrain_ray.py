@@ -7,16 +7,11 @@ the job to `succeeded`.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from services.ports import free_port
 from services.retrain import store_with_request
 
 from monitor.metrics import Metrics
@@ -25,23 +20,6 @@ from monitor.retrain.dispatcher import Dispatcher
 from monitor.settings import BackendSettings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    port, dashboard = free_port(), free_port()
-    tmp = tmp_path_factory.mktemp("ray")
-    started = subprocess.run(
-        [ray, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
-         "--include-dashboard=true", "--num-cpus=1", "--disable-usage-stats",
-         f"--temp-dir={tmp}"], capture_output=True, text=True, timeout=180)
-    if started.returncode != 0:
-        pytest.fail(f"could not start a Ray head: {started.stderr[-2000:]}", pytrace=False)
-    try:
-        yield f"http://127.0.0.1:{dashboard}"
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
 
 
 def test_ray_job_once_per_request_and_followed_to_its_end(ray_head: str,
@@ -63,4 +41,35 @@ def test_ray_job_once_per_request_and_followed_to_its_end(ray_head: str,
         d.run_once()
     assert retrain.get(rid).state == "succeeded"
     assert marker.read_text().split() == [rid]  # ran once
+    store.close()
+
+
+def test_cancel_stops_the_running_ray_job(ray_head: str, tmp_path: Path) -> None:
+    """`driftline retrain cancel` of a dispatched request stops its Ray job (stop_job)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from monitor.retrain.cli import cancel_request
+
+    marker = tmp_path / "finished"
+    cfg = BackendSettings(kind="ray", address=ray_head, entrypoint=(
+        f"python -c \"import time; time.sleep(60); open('{marker}', 'w').write('x')\""))
+    backend = RayBackend(cfg, None)
+    store, retrain = store_with_request(tmp_path, first_window=7)
+    (rid,) = [r.id for r in retrain.requests()]
+    d = Dispatcher(retrain, {"m": backend}, {"m": cfg}, Metrics(CollectorRegistry()))
+    assert d.run_once() == 1
+    client = JobSubmissionClient(ray_head)
+    deadline = time.monotonic() + 60
+    while client.get_job_status(rid) != JobStatus.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert client.get_job_status(rid) == JobStatus.RUNNING
+    r, note = cancel_request(retrain, rid, "wrong incident", backend)
+    assert r.state == "cancelled" and note == f"Ray job {rid} stopped"
+    while client.get_job_status(rid) == JobStatus.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert client.get_job_status(rid) == JobStatus.STOPPED
+    d.run_once()  # the dispatcher leaves a cancelled request alone
+    assert retrain.get(rid).state == "cancelled"
+    assert [e[2] for e in retrain.events(rid)][-1] == "cancelled"
+    assert not marker.exists()
     store.close()

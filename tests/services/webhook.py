@@ -16,6 +16,7 @@ class Receiver:
     def __init__(self, secret: bytes, fail_first: int = 0) -> None:
         self.deliveries: list[dict[str, Any]] = []
         self.bad_signatures = 0
+        self.repeats = 0  # deliveries whose Idempotency-Key was seen (answered 409)
         self.fail_first = fail_first
         receiver = self
 
@@ -32,6 +33,10 @@ class Receiver:
                 elif receiver.fail_first > 0:
                     receiver.fail_first -= 1
                     self.send_response(500)
+                elif any(d["key"] == self.headers["Idempotency-Key"]
+                         for d in receiver.deliveries):
+                    receiver.repeats += 1  # a re-send: already exists
+                    self.send_response(409)
                 else:
                     receiver.deliveries.append({"key": self.headers["Idempotency-Key"],
                                                 **json.loads(body)})
