@@ -44,7 +44,8 @@ REJECT_REASONS: tuple[str, ...] = (
 )
 
 #: Join outcomes of delayed labels (the ``outcome`` label of ``driftline_labels_total``).
-LABEL_OUTCOMES: tuple[str, ...] = ("joined", "late", "orphan", "invalid", "replayed")
+LABEL_OUTCOMES: tuple[str, ...] = ("joined", "late", "orphan", "invalid", "replayed",
+                                   "superseded")
 
 #: Outcomes counted by ``driftline_retrain_requests_total``.
 RETRAIN_OUTCOMES: tuple[str, ...] = ("queued", "pending_approval", "collected", "dispatched",
@@ -178,6 +179,16 @@ class Metrics:
             "driftline_retrain_dispatch_delay_seconds",
             "Wall-clock time from a request being queued to its backend accepting it.",
             ["model"], buckets=_BUCKETS, registry=r,
+        )
+        self.model_version = Gauge(
+            "driftline_model_version_info",
+            "1 for the registry version whose reference the model is evaluated against "
+            "(the champion), per model.", ["model", "version"], registry=r,
+        )
+        self.model_switches = Counter(
+            "driftline_model_switches_total",
+            "Changes of a model's serving version the daemon applied (event: promote, "
+            "rollback, baseline: the deployed model registered).", ["model", "event"], registry=r,
         )
         self.sink_errors = Counter(
             "driftline_sink_errors_total", "Sink flushes that failed (offsets not committed).",
