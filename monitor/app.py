@@ -18,7 +18,7 @@ from monitor.errors import ConfigError, SinkError
 from monitor.factory import build_models
 from monitor.health import serve
 from monitor.label_join import Joined, LabelJoin
-from monitor.metrics import Metrics
+from monitor.metrics import SETTINGS_VERSION, Metrics
 from monitor.pipeline import Pipeline, StoredState
 from monitor.report import WindowReport
 from monitor.retrain.backends import build_backend, describe, registry_dir
@@ -90,6 +90,8 @@ def build_daemon(
         _check_port(settings.metrics.address, settings.metrics.port)
     metrics = metrics or Metrics()
     for m in settings.models:
+        # the version evaluated: monitor.champion moves it to the registry's champion
+        metrics.model_version.labels(model=m.name, version=m.version or SETTINGS_VERSION).set(1)
         dashboard_url, runbook_url = settings.alerts.links(m.name)
         metrics.alert_links.labels(model=m.name, dashboard_url=dashboard_url,
                                    runbook_url=runbook_url).set(1)

@@ -49,7 +49,7 @@ from sqlalchemy.orm import sessionmaker
 from monitor.errors import MonitorError, SinkError
 from monitor.factory import build_model
 from monitor.label_join import Joined
-from monitor.metrics import Metrics
+from monitor.metrics import SETTINGS_VERSION, Metrics
 from monitor.pipeline import Evaluator, ModelState, Windows
 from monitor.report import WindowReport
 from monitor.retrain.store import RetrainStore
@@ -104,6 +104,8 @@ class Champions:
         self._seen: dict[str, tuple[float, ...]] = {}
         self._last_poll = 0.0
         self._since: dict[str, float | None] = {}
+        # the version label exported per model (build_daemon sets the settings' one)
+        self._exported = {name: m.version or SETTINGS_VERSION for name, m in self.settings.items()}
         #: called after every switch applied or restored (the retraining policy restarts)
         self.on_switch: list[Callable[[Switch], None]] = []
 
@@ -206,10 +208,10 @@ class Champions:
                      "labels window %s", model, version, switch.event,
                      switch.first_windows.get("features"), switch.first_windows.get("labels"),
                      extra={"event": "champion_switch", "model": model, "version": version})
-        old = self.serving[model]
-        if old is not None and old != version:
-            self.metrics.model_version.remove(model, old)
-        self.metrics.model_version.labels(model=model, version=version).set(1)
+        if self._exported[model] != version:
+            self.metrics.model_version.remove(model, self._exported[model])
+            self.metrics.model_version.labels(model=model, version=version).set(1)
+            self._exported[model] = version
         self.serving[model], self._data[model] = version, data
         self._seen[model] = stamp
         self._since[model] = None if baseline else switch.since

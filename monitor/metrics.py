@@ -51,6 +51,13 @@ LABEL_OUTCOMES: tuple[str, ...] = ("joined", "late", "orphan", "invalid", "repla
 RETRAIN_OUTCOMES: tuple[str, ...] = ("queued", "pending_approval", "collected", "dispatched",
                                      "succeeded", "promoted", "failed")
 
+#: Events counted by ``driftline_model_switches_total`` (see monitor.champion).
+SWITCH_EVENTS: tuple[str, ...] = ("promote", "rollback", "baseline")
+
+#: ``version`` of ``driftline_model_version_info`` for a model evaluated against the settings'
+#: reference files (no registry version yet) that names no ``version`` in its settings.
+SETTINGS_VERSION = "settings"
+
 #: Pipeline stages timed by ``driftline_stage_duration_seconds``.
 STAGES: tuple[str, ...] = ("poll", "decode", "detect", "sink", "commit")
 
@@ -216,6 +223,8 @@ class Metrics:
             self.retrain_dispatch_errors.labels(model=model, backend=backend)
             self.retrain_decision_delay.labels(model=model)
             self.retrain_dispatch_delay.labels(model=model)
+            for event in SWITCH_EVENTS:
+                self.model_switches.labels(model=model, event=event)
         for sink in sinks:
             self.sink_errors.labels(sink=sink)
         for reason in REJECT_REASONS:
