@@ -78,12 +78,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.demo import DemoOptions, run_demo
 
     _setup_logging("ERROR")  # the demo prints its own progress; rejects are in the summary
+    if args.retrain:
+        return _demo_retrain(args)
     summary = run_demo(DemoOptions(
-        workdir=Path(args.workdir), records=args.records, window=args.window,
-        drift_at=args.drift_at, magnitude=args.magnitude, seed=args.seed,
+        workdir=Path(args.workdir), records=args.records or 40_000, window=args.window,
+        drift_at=24_000 if args.drift_at is None else args.drift_at,
+        magnitude=args.magnitude, seed=args.seed,
         metrics_port=args.metrics_port,
         linger=sys.stdout.isatty() and sys.stdin.isatty()))  # a terminal: until Ctrl-C
     return 0 if summary["detected_window"] is not None else 1
+
+
+def _demo_retrain(args: argparse.Namespace) -> int:
+    from monitor.demo_loop import LoopOptions, print_summary, run_loop, summary
+
+    defaults = LoopOptions()
+    opts = LoopOptions(
+        workdir=Path(args.workdir if args.workdir != "driftline-demo"
+                     else "driftline-demo-retrain"),
+        records=args.records or defaults.records,
+        drift_at=defaults.drift_at if args.drift_at is None else args.drift_at,
+        seed=args.seed if args.seed != 7 else defaults.seed)
+    if opts.workdir.exists() and any(opts.workdir.iterdir()):
+        raise ConfigError(f"{opts.workdir} is not empty: the loop starts from a fresh "
+                          "registry and database; remove it or pass --workdir")
+    s = summary(run_loop(opts), opts)
+    print_summary(s)
+    return 0 if s["promoted_at"] is not None else 1
 
 
 def _jsonl_values(path: Path, key_field: str | None) -> Iterator[tuple[bytes | None, bytes]]:
@@ -388,17 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
                           "--db sqlite:///driftline-demo/driftline.db")
     demo.add_argument("--workdir", default="driftline-demo", metavar="DIR",
                       help="folder for the reference, settings, database and dead letters")
-    demo.add_argument("--records", type=int, default=40_000, metavar="N",
-                      help="records to stream")
+    demo.add_argument("--records", type=int, default=None, metavar="N",
+                      help="records to stream (default 40,000; --retrain: 12,000)")
     demo.add_argument("--window", type=int, default=2_000, metavar="N",
                       help="records per count window")
-    demo.add_argument("--drift-at", type=int, default=24_000, metavar="K",
-                      help="record from which drift is injected")
+    demo.add_argument("--drift-at", type=int, default=None, metavar="K",
+                      help="record from which drift is injected (default 24,000; --retrain: "
+                      "6,000)")
     demo.add_argument("--magnitude", type=float, default=0.5,
                       help="shift in standard deviations")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the stream")
     demo.add_argument("--metrics-port", type=int, default=9108, metavar="PORT",
                       help="port of /metrics on 127.0.0.1; 0 picks a free port")
+    demo.add_argument("--retrain", action="store_true",
+                      help="the retraining loop instead: a concept drift detected on delayed "
+                      "labels, one request, the builtin job fine-tunes and gates, the daemon "
+                      "switches to the promoted model (needs the training extra)")
     demo.set_defaults(fn=cmd_demo)
 
     prod = sub.add_parser("produce", help="replay JSONL or a synthetic stream into a topic",

@@ -320,11 +320,11 @@ def _follow(daemon: Any, store: Any, result: LoopResult, opts: LoopOptions,
                                f"{opts.job_timeout_s:.0f} s")
         time.sleep(0.2)
         daemon.dispatcher.run_once()
-    known = {r.id for r in result.requests}
+    known = {r.id: r.state for r in result.requests}
     for r in requests:
-        if r.id not in known and r.action != "collect":
+        if r.action != "collect" and known.get(r.id) != r.state:
             say(f"request {r.id}: {r.kind} drift from {r.first_stream} window "
-                f"{r.first_window}, {r.labelled} labelled records -> {r.state}")
+                f"{r.first_window}, {r.labelled} labelled records: {r.state}")
     result.requests = [r for r in requests if r.action != "collect"]
     for r in result.requests:
         job = daemon.dispatcher.backends[MODEL].result_path(r.id)
@@ -336,3 +336,48 @@ def _follow(daemon: Any, store: Any, result: LoopResult, opts: LoopOptions,
                 f" champion {gate.get('champion_metric', 0):.1%}, challenger "
                 f"{gate.get('challenger_metric', 0):.1%}, p={gate.get('p_value', 1):.2g}, "
                 f"reference drop {gate.get('reference_drop') or 0:.1%}")
+
+
+def summary(result: LoopResult, opts: LoopOptions) -> dict[str, Any]:
+    """Accuracy before, during and after, and where the loop acted (stream positions)."""
+    request = result.requests[0] if result.requests else None
+    size = opts.label_window
+
+    def reached(window: int | None) -> int | None:
+        # a label window closes with its last label, which arrives `lag` records later
+        return None if window is None else (window + 1) * size + opts.lag
+
+    promoted = result.promoted_at
+    end = opts.records
+    return {
+        "drift_at": opts.drift_at,
+        "detected_at": reached(request.first_window) if request else None,
+        "requested_at": reached(request.decided_window) if request else None,
+        "promoted_at": promoted,
+        "job": None if result.job is None else {
+            k: result.job.get(k) for k in ("status", "version", "reason")},
+        "gate": None if result.job is None else result.job.get("gate"),
+        "job_seconds": None if result.job is None
+        else result.job["timings"]["total_seconds"],
+        "accuracy_before": result.accuracy(0, opts.drift_at),
+        "accuracy_during": result.accuracy(opts.drift_at, promoted or end),
+        "accuracy_after": result.accuracy(promoted, end) if promoted else None,
+        "seconds": result.seconds,
+    }
+
+
+def print_summary(s: dict[str, Any], out: Callable[[str], None] = print) -> None:
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1%}"
+
+    out("")
+    out(f"concept drift from record {s['drift_at']}; detected on the delayed labels by "
+        f"record {s['detected_at']}; retraining requested by record {s['requested_at']}; "
+        f"promoted model serving from record {s['promoted_at']}")
+    if s["gate"]:
+        g = s["gate"]
+        out(f"job: {s['job']['status']} {s['job']['version']} in {s['job_seconds']:.1f} s; "
+            f"gate: {g['reason']}")
+    out(f"accuracy before the drift {pct(s['accuracy_before'])}, during it (old model) "
+        f"{pct(s['accuracy_during'])}, after the promotion {pct(s['accuracy_after'])}")
+    out(f"whole run {s['seconds']:.0f} s")
