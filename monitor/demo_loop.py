@@ -108,8 +108,10 @@ class FeedSource:
 class Serving:
     """The serving system: predicts with the registry's champion once there is one."""
 
-    def __init__(self, registry: Path, deployed: Path) -> None:
+    def __init__(self, registry: Path, deployed: Path, model: str = MODEL,
+                 factory: str = "monitor.demo_loop:model") -> None:
         self.registry, self.deployed = registry, deployed
+        self.model, self.factory = model, factory
         self.version: str | None = None
         self._module: Any = None
 
@@ -118,14 +120,13 @@ class Serving:
         from training import ModelSpec, Registry, load_weights
 
         registry = Registry(self.registry)
-        champion = registry.aliases(MODEL).champion
+        champion = registry.aliases(self.model).champion
         if self._module is not None and champion == self.version:
             return False
         if champion is None:
-            self._module = load_weights(ModelSpec("state_dict", "monitor.demo_loop:model"),
-                                        self.deployed)
+            self._module = load_weights(ModelSpec("state_dict", self.factory), self.deployed)
             return False
-        info, self._module = registry.load(MODEL, champion)
+        info, self._module = registry.load(self.model, champion)
         self.version = champion
         return info.status != "baseline"  # the baseline is the deployed model itself
 
@@ -153,6 +154,38 @@ def train_champion(path: Path, seed: int) -> Any:
     return net.eval()
 
 
+def settings_doc(opts: LoopOptions, model: str, features: tuple[str, ...], factory: str,
+                 job_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The loop's settings: files ``reference.csv``, ``labels.csv``, ``embedding.jsonl`` and
+    ``model.pt`` beside the settings file, the builtin backend with its registry there."""
+    doc: dict[str, Any] = {
+        "source": {"kafka": {"topics": ["logs"], "labels_topic": "labels"}},
+        "storage": {"url": f"sqlite:///{opts.workdir.resolve() / 'driftline.db'}"},
+        "models": [{
+            "name": model, "alpha": 0.001,
+            "reference": {"path": "reference.csv"},
+            "features": [{"name": f, "type": "numeric"} for f in features],
+            "window": {"kind": "count", "size": opts.features_window},
+            "prediction_drift": {"task": "classification"},
+            "labels": {"reference": {"path": "labels.csv"}, "window_size": opts.label_window,
+                       "horizon_seconds": 3600,
+                       "streaming": [{"kind": "ddm", "params": {"min_num_instances": 100}}]},
+            "embedding": {"model": {"kind": "state-dict", "path": "model.pt",
+                                    "factory": factory, "shape": [len(features)]},
+                          "reference": {"path": "embedding.jsonl"},
+                          "n_permutations": 100, "device": "cpu"},
+            "retrain": {"min_labelled": opts.min_labelled, "cooldown_windows": 4,
+                        "action": {"kind": "builtin", "registry": "registry",
+                                   "jobs_dir": "jobs", "timeout_seconds": 60,
+                                   "job_args": ["--epochs", str(opts.epochs),
+                                                "--max-reference-drop",
+                                                str(opts.max_reference_drop),
+                                                "--seed", str(opts.seed), *job_args]}},
+        }],
+    }
+    return doc
+
+
 def prepare(opts: LoopOptions) -> Path:
     """Deployed model, reference files and settings in ``opts.workdir``; the settings path."""
     import torch
@@ -171,32 +204,7 @@ def prepare(opts: LoopOptions) -> Path:
         f"{t},{p}\n" for p, t in zip(pred, y, strict=True)))
     (work / "embedding.jsonl").write_text("".join(
         json.dumps({"array": [round(float(v), 6) for v in xi]}) + "\n" for xi in x))
-    doc = {
-        "source": {"kafka": {"topics": ["logs"], "labels_topic": "labels"}},
-        "storage": {"url": f"sqlite:///{work / 'driftline.db'}"},
-        "models": [{
-            "name": MODEL, "alpha": 0.001,
-            "reference": {"path": "reference.csv"},
-            "features": [{"name": f, "type": "numeric"} for f in FEATURES],
-            "window": {"kind": "count", "size": opts.features_window},
-            "prediction_drift": {"task": "classification"},
-            "labels": {"reference": {"path": "labels.csv"}, "window_size": opts.label_window,
-                       "horizon_seconds": 3600, "streaming": [{"kind": "ddm",
-                                                 "params": {"min_num_instances": 100}}]},
-            "embedding": {"model": {"kind": "state-dict", "path": "model.pt",
-                                    "factory": "monitor.demo_loop:model",
-                                    "shape": [len(FEATURES)]},
-                          "reference": {"path": "embedding.jsonl"},
-                          "n_permutations": 100, "device": "cpu"},
-            "retrain": {"min_labelled": opts.min_labelled, "cooldown_windows": 4,
-                        "action": {"kind": "builtin", "registry": "registry",
-                                   "jobs_dir": "jobs", "timeout_seconds": 60,
-                                   "job_args": ["--epochs", str(opts.epochs),
-                                                "--max-reference-drop",
-                                                str(opts.max_reference_drop),
-                                                "--seed", str(opts.seed)]}},
-        }],
-    }
+    doc = settings_doc(opts, MODEL, FEATURES, "monitor.demo_loop:model")
     cfg = work / "driftline.yml"
     cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
     return cfg
@@ -220,8 +228,9 @@ class LoopResult:
 class Loop:
     """The daemon over a :class:`FeedSource`, fed chunk by chunk by the serving stand-in."""
 
-    def __init__(self, opts: LoopOptions, cfg: Path, say: Callable[[str], None] = print
-                 ) -> None:
+    def __init__(self, opts: LoopOptions, cfg: Path, say: Callable[[str], None] = print, *,
+                 model: str = MODEL, features: tuple[str, ...] = FEATURES,
+                 factory: str = "monitor.demo_loop:model") -> None:
         from prometheus_client import CollectorRegistry
 
         from monitor.app import build_daemon
@@ -237,7 +246,8 @@ class Loop:
                                    metrics=Metrics(CollectorRegistry()), config_path=cfg)
         assert self.daemon.dispatcher is not None
         self.store = RetrainStore(self.daemon.store.engine)
-        self.serving = Serving(cfg.parent / "registry", cfg.parent / "model.pt")
+        self.model, self.features = model, features
+        self.serving = Serving(cfg.parent / "registry", cfg.parent / "model.pt", model, factory)
         self.result = LoopResult()
         self._labels: dict[int, Message] = {}
         self._stop = threading.Event()
@@ -254,8 +264,9 @@ class Loop:
         for k in range(len(x)):
             i = start + k
             ts = T0 + i
-            record = {"model": MODEL, "request_id": f"r{i}", "timestamp": ts,
-                      "features": {f: float(v) for f, v in zip(FEATURES, x[k], strict=True)},
+            record = {"model": self.model, "request_id": f"r{i}", "timestamp": ts,
+                      "features": {f: float(v) for f, v in zip(self.features, x[k],
+                                                                strict=True)},
                       "prediction": int(pred[k]),
                       "input": {"array": [float(v) for v in x[k]]}}
             out.append(Message("logs", 0, i, json.dumps(record).encode()))
@@ -266,7 +277,7 @@ class Loop:
         if last:
             out.extend(self._labels.pop(i) for i in sorted(self._labels))
         self.daemon.pipeline.run(self._stop, until_exhausted=True)
-        _follow(self.daemon, self.store, self.result, self.opts, self.say)
+        _follow(self.daemon, self.store, self.result, self.opts, self.say, self.model)
 
     def close(self) -> None:
         self.daemon.close()
@@ -306,12 +317,12 @@ def run_loop(opts: LoopOptions, say: Callable[[str], None] = print) -> LoopResul
 
 
 def _follow(daemon: Any, store: Any, result: LoopResult, opts: LoopOptions,
-            say: Callable[[str], None]) -> None:
+            say: Callable[[str], None], model: str = MODEL) -> None:
     """Hand queued requests to the job and wait for it (the stream pauses meanwhile)."""
     daemon.dispatcher.run_once()
     deadline = time.monotonic() + opts.job_timeout_s
     while True:
-        requests = store.requests(MODEL)
+        requests = store.requests(model)
         busy = [r for r in requests if r.state in ("dispatched", "running")]
         if not busy:
             break
@@ -327,7 +338,7 @@ def _follow(daemon: Any, store: Any, result: LoopResult, opts: LoopOptions,
                 f"{r.first_window}, {r.labelled} labelled records: {r.state}")
     result.requests = [r for r in requests if r.action != "collect"]
     for r in result.requests:
-        job = daemon.dispatcher.backends[MODEL].result_path(r.id)
+        job = daemon.dispatcher.backends[model].result_path(r.id)
         if job.exists() and result.job is None:
             result.job = json.loads(job.read_text())
             gate = result.job.get("gate") or {}
