@@ -307,16 +307,23 @@ def _captured_rows(args: argparse.Namespace, features: tuple[str, ...]) -> Any:
     store = SqlStore(load_settings(args.config).storage.url)
     try:
         retrain = RetrainStore(store.engine)
-        request = retrain.get(args.request)
-        if request.model != args.model:
-            raise ConfigError(f"request {args.request} is for model {request.model!r}, "
-                              f"not {args.model!r}")
-        rows = retrain.capture(args.model, since=request.first_event_time)
+        if args.windows is not None or args.since is not None:
+            first, last = _window_range(args.windows)
+            rows = retrain.capture(args.model, since=args.since, first_window=first,
+                                   last_window=last)
+            what = (f"in label windows {args.windows}" if args.windows is not None
+                    else f"since event time {args.since}")
+        else:
+            request = retrain.get(args.request)
+            if request.model != args.model:
+                raise ConfigError(f"request {args.request} is for model {request.model!r}, "
+                                  f"not {args.model!r}")
+            rows = retrain.capture(args.model, since=request.first_event_time)
+            what = f"since request {args.request}'s incident began"
     finally:
         store.close()
     if not rows:
-        raise ValueError(f"no captured records of model {args.model!r} since request "
-                         f"{args.request}'s incident began")
+        raise ValueError(f"no captured records of model {args.model!r} {what}")
     try:
         x = np.asarray([[float(r["features"][f]) for f in features] for r in rows],
                        dtype=np.float32)
@@ -328,6 +335,23 @@ def _captured_rows(args: argparse.Namespace, features: tuple[str, ...]) -> Any:
     return LabelledRows(x, y_out, np.asarray([r["event_time"] for r in rows]))
 
 
+def _window_range(text: str | None) -> tuple[int | None, int | None]:
+    """``A:B`` (either side may be empty) -> (first, last) label window, inclusive."""
+    if text is None:
+        return None, None
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        first, last = (int(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise ConfigError(f"--windows {text!r}: expected A:B, label window indexes "
+                          "(e.g. 12:30, 12: or :30)") from None
+    if first is not None and last is not None and first > last:
+        raise ConfigError(f"--windows {text!r}: the first window is after the last")
+    return first, last
+
+
 def _retrain_run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -336,10 +360,16 @@ def _retrain_run(args: argparse.Namespace) -> int:
 
     m, spec = _retrain_model(args)
     features = tuple(f.name for f in m.features if f.type == "numeric")
-    if args.data is None and args.request is None:
+    if args.windows is not None and args.since is not None:
+        raise ConfigError("give --windows or --since, not both")
+    selected = args.windows is not None or args.since is not None
+    if args.data is None and args.request is None and not selected:
         raise ConfigError("give --request ID (the incident's captured records are read from "
-                          "storage.url) or --data FILE (CSV or JSONL with the features, label "
-                          "and timestamp)")
+                          "storage.url), --windows A:B or --since T (captured records by "
+                          "label window or event time), or --data FILE (CSV or JSONL with "
+                          "the features, label and timestamp)")
+    if args.data is not None and selected:
+        raise ConfigError("--windows and --since select captured records: not with --data")
     try:
         rows = (read_rows(args.data, features) if args.data is not None
                 else _captured_rows(args, features))
@@ -533,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--request", help="retraining request id (recorded in the version)")
     rr.add_argument("--data", help="labelled rows: CSV or JSONL with the features, "
                     "'label' and 'timestamp' (the capture export)")
+    rr.add_argument("--windows", metavar="A:B", help="the training capture of these label "
+                    "windows (inclusive; either side may be empty)")
+    rr.add_argument("--since", type=float, metavar="T",
+                    help="the training capture from this event time (Unix seconds)")
     rr.add_argument("--strategy", choices=["head", "gradual", "full", "lora"], default="full")
     rr.add_argument("--action", choices=["retrain", "recalibrate"], default="retrain")
     rr.add_argument("--label-weights", help="recalibrate: comma-separated BBSE class weights")
