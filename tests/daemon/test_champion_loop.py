@@ -6,7 +6,7 @@ serving stand-in then predicts with it. Checked: the daemon switched the model's
 and embedding weights to the new version, its detectors started fresh, the switch and the
 versions are stored, windows after the switch were evaluated by the new version, the drift
 the version was trained for gives no second request, and a restarted daemon comes up on
-the promoted version without a new switch.
+the promoted version without a new switch; `driftline retrain rollback` switches it back.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from monitor.cli import main
 from monitor.demo_loop import MODEL, Loop, LoopOptions, prepare, stream
 from monitor.storage.models import (
     ChampionSwitchRow,
@@ -127,5 +128,19 @@ def test_promotion_switches_the_reference_and_survives_a_restart(loop_dir: Path)
         assert new and {w.model_version for w in new} == {"v0002"}
         assert [r.state for r in again.store.requests(MODEL) if r.action == "retrain"] == [
             "promoted"]
+
+        # a rollback by hand: the next batch is evaluated against v0001, the settings' files
+        registry = str(loop_dir / "registry")
+        assert main(["retrain", "rollback", "--model", MODEL, "--registry", registry]) == 0
+        more_x, more_y = stream(LoopOptions(records=250, drift_at=250, seed=6))
+        again.feed(start + 500, more_x, more_y, last=True)
+        switches = [(s.version, s.previous, s.event) for s in rows(engine, ChampionSwitchRow)]
+        assert switches[-1] == ("v0001", "v0002", "rollback")
+        ev = d.pipeline.models[MODEL].features.evaluator
+        assert ev.model_version == "v0001" and ev.n_reference == 1000  # type: ignore
+        get = d.metrics.registry.get_sample_value
+        assert get("driftline_model_version_info", {"model": MODEL, "version": "v0001"}) == 1
+        assert get("driftline_model_version_info", {"model": MODEL, "version": "v0002"}) is None
+        assert get("driftline_model_switches_total", {"model": MODEL, "event": "rollback"}) == 1
     finally:
         again.close()
