@@ -288,9 +288,9 @@ def stream(opts: LoopOptions) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([opts.seed, 3])
     x = np.empty((opts.records, len(FEATURES)), np.float32)
     y = np.empty(opts.records, np.int64)
-    x[:opts.drift_at], y[:opts.drift_at] = concept(opts.drift_at, drifted=False, rng=rng)
-    x[opts.drift_at:], y[opts.drift_at:] = concept(opts.records - opts.drift_at, drifted=True,
-                                                   rng=rng)
+    k = min(opts.drift_at, opts.records)
+    x[:k], y[:k] = concept(k, drifted=False, rng=rng)
+    x[k:], y[k:] = concept(opts.records - k, drifted=True, rng=rng)
     return x, y
 
 

@@ -144,3 +144,48 @@ def test_promotion_switches_the_reference_and_survives_a_restart(loop_dir: Path)
         assert get("driftline_model_switches_total", {"model": MODEL, "event": "rollback"}) == 1
     finally:
         again.close()
+
+
+def test_a_champion_that_cannot_be_served_keeps_the_reference_and_spares_others(
+        loop_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A registry champion whose training capture is gone: the model is logged and keeps
+    the settings' reference; a second model in the same daemon goes on unaffected."""
+    import yaml
+
+    from monitor.demo_loop import model
+    from monitor.sources import Message
+    from training import ModelSpec, Registry
+
+    opts = LoopOptions(**{**OPTS.__dict__, "workdir": loop_dir, "records": 500})
+    cfg = prepare(opts)
+    doc = yaml.safe_load(cfg.read_text())
+    other = {k: v for k, v in doc["models"][0].items() if k not in ("retrain", "embedding")}
+    doc["models"].append({**other, "name": "other"})
+    cfg.write_text(yaml.safe_dump(doc))
+    registry = Registry(loop_dir / "registry")
+    spec = ModelSpec("state_dict", "monitor.demo_loop:model")
+    registry.register(MODEL, model(), spec, parent=None, run={}, metrics={}, status="baseline")
+    gone = {"train": {"time_first": 1.0}, "holdout": {"time_first": 2.0, "time_last": 3.0}}
+    v2 = registry.register(MODEL, model(), spec, parent="v0001", run={"data": gone},
+                           metrics={}, status="candidate")
+    registry.promote(MODEL, "v0001")
+    registry.promote(MODEL, v2.version)
+    x, y = stream(opts)
+    loop = Loop(opts, cfg, say=lambda _line: None)
+    try:
+        for i in range(500):
+            loop.source.messages.append(Message("logs", 1, i, json.dumps({
+                "model": "other", "request_id": f"o{i}", "timestamp": 1_767_225_600.0 + i,
+                "features": {f"f{j}": float(v) for j, v in enumerate(x[i])},
+                "prediction": 0}).encode()))
+        loop.feed(0, x, y, last=True)
+        d = loop.daemon
+        assert "cannot serve the registry's champion" in caplog.text
+        assert "the capture was pruned" in caplog.text
+        ev = d.pipeline.models[MODEL].features.evaluator
+        assert ev.model_version is None and ev.n_reference == 1000  # type: ignore
+        stored = {(w.model, w.stream) for w in rows(d.store.engine, WindowRow)}
+        assert {("other", "features"), (MODEL, "features"), (MODEL, "labels")} <= stored
+        assert rows(d.store.engine, ChampionSwitchRow) == []
+    finally:
+        loop.close()
