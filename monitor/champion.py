@@ -12,8 +12,11 @@ challenger, or ``driftline retrain promote`` / ``rollback``), before the next ba
   restart reads them back even after the capture was pruned. A version without trained
   data (the ``baseline``, the deployed model) uses the settings' reference files;
 * the embedding model becomes the version's weights (its reference embedded anew);
-* every detector starts fresh (streaming detectors on the labels included): the windows
-  still open are the first ones the new version evaluates;
+* every detector starts fresh (streaming detectors on the labels included). A window
+  already open at the switch holds records the version before predicted: it is still
+  evaluated as before (:class:`Handover`), the next one of each stream is the new
+  version's first. Labels of predictions older than the switch are counted as
+  ``superseded`` and kept out of the new version's label windows (:meth:`Champions.admit`);
 * the switch is stored (``driftline_champion_switches``: version, event, first window of
   each stream, event time), the registry's versions are mirrored into
   ``driftline_model_versions``, windows carry the version that evaluated them, and
@@ -315,7 +318,8 @@ class Champions:
             with tmp.open("w", encoding="utf-8") as fh:
                 for r, xi in zip(rows, x, strict=True):
                     payload = r["input"] if r["input"] is not None else xi.ravel().tolist()
-                    fh.write(json.dumps({"array": payload}) + "\n")
+                    # as an inference record's "input": a list, {"array"} or {"text"} alike
+                    fh.write(json.dumps({"input": payload}) + "\n")
             tmp.replace(folder / "embedding.jsonl")
         log.info("model %s: reference of %s written to %s (%d rows, %d holdout)", m.name,
                  info.version, folder, len(rows), len(holdout))

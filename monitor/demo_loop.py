@@ -109,9 +109,10 @@ class Serving:
     """The serving system: predicts with the registry's champion once there is one."""
 
     def __init__(self, registry: Path, deployed: Path, model: str = MODEL,
-                 factory: str = "monitor.demo_loop:model") -> None:
+                 factory: str = "monitor.demo_loop:model",
+                 shape: tuple[int, ...] | None = None) -> None:
         self.registry, self.deployed = registry, deployed
-        self.model, self.factory = model, factory
+        self.model, self.factory, self.shape = model, factory, shape
         self.version: str | None = None
         self._module: Any = None
 
@@ -133,6 +134,8 @@ class Serving:
     def predict(self, x: np.ndarray) -> np.ndarray:
         from training import predict
 
+        if self.shape is not None:
+            x = x.reshape(len(x), *self.shape)
         return np.asarray(predict(self._module, x).argmax(axis=1), dtype=np.int64)
 
 
@@ -155,7 +158,8 @@ def train_champion(path: Path, seed: int) -> Any:
 
 
 def settings_doc(opts: LoopOptions, model: str, features: tuple[str, ...], factory: str,
-                 job_args: tuple[str, ...] = ()) -> dict[str, Any]:
+                 job_args: tuple[str, ...] = (), shape: tuple[int, ...] | None = None
+                 ) -> dict[str, Any]:
     """The loop's settings: files ``reference.csv``, ``labels.csv``, ``embedding.jsonl`` and
     ``model.pt`` beside the settings file, the builtin backend with its registry there."""
     doc: dict[str, Any] = {
@@ -171,7 +175,8 @@ def settings_doc(opts: LoopOptions, model: str, features: tuple[str, ...], facto
                        "horizon_seconds": 3600,
                        "streaming": [{"kind": "ddm", "params": {"min_num_instances": 100}}]},
             "embedding": {"model": {"kind": "state-dict", "path": "model.pt",
-                                    "factory": factory, "shape": [len(features)]},
+                                    "factory": factory,
+                                    "shape": list(shape or (len(features),))},
                           "reference": {"path": "embedding.jsonl"},
                           "n_permutations": 100, "device": "cpu"},
             "retrain": {"min_labelled": opts.min_labelled, "cooldown_windows": 4,
@@ -230,7 +235,8 @@ class Loop:
 
     def __init__(self, opts: LoopOptions, cfg: Path, say: Callable[[str], None] = print, *,
                  model: str = MODEL, features: tuple[str, ...] = FEATURES,
-                 factory: str = "monitor.demo_loop:model") -> None:
+                 factory: str = "monitor.demo_loop:model",
+                 shape: tuple[int, ...] | None = None) -> None:
         from prometheus_client import CollectorRegistry
 
         from monitor.app import build_daemon
@@ -247,7 +253,8 @@ class Loop:
         assert self.daemon.dispatcher is not None
         self.store = RetrainStore(self.daemon.store.engine)
         self.model, self.features = model, features
-        self.serving = Serving(cfg.parent / "registry", cfg.parent / "model.pt", model, factory)
+        self.serving = Serving(cfg.parent / "registry", cfg.parent / "model.pt", model, factory,
+                               shape)
         self.result = LoopResult()
         self._labels: dict[int, Message] = {}
         self._stop = threading.Event()
