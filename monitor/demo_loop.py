@@ -250,7 +250,11 @@ class Loop:
         self.daemon = build_daemon(load_settings(cfg), source=self.source,
                                    dead_letter=MemoryDeadLetter(), serve_metrics=False,
                                    metrics=Metrics(CollectorRegistry()), config_path=cfg)
-        assert self.daemon.dispatcher is not None
+        assert self.daemon.dispatcher is not None and self.daemon.champions is not None
+        # look at the registry before every batch (a stat), not once a second: the serving
+        # stand-in switches at a chunk boundary, and the daemon must see it at once to be
+        # reproducible
+        self.daemon.champions.poll_seconds = 0.0
         self.store = RetrainStore(self.daemon.store.engine)
         self.model, self.features = model, features
         self.serving = Serving(cfg.parent / "registry", cfg.parent / "model.pt", model, factory,
