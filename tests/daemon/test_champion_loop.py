@@ -29,7 +29,7 @@ from monitor.storage.models import (
     WindowRow,
 )
 
-OPTS = LoopOptions(records=3500, drift_at=1500, min_labelled=750, epochs=10)
+OPTS = LoopOptions(records=3000, drift_at=1250, min_labelled=500, epochs=10)
 
 
 def rows(engine: Any, table: Any) -> list[Any]:
