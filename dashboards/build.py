@@ -441,6 +441,18 @@ def _panels() -> list[dict[str, Any]]:
                       target("histogram_quantile(0.95, sum by (le, model) (rate("
                              f"driftline_retrain_dispatch_delay_seconds_bucket{{{M}}}[1d])))",
                              "to dispatch {{model}}")], unit="s"), 24, 8)
+    g.add(stat("Champion version", "The model version each model's windows are evaluated "
+               "against: the registry's champion once the builtin job registered one (it "
+               "changes when a challenger is promoted or rolled back), else the settings' "
+               "version.",
+               [target(f"max by (model, version) (driftline_model_version_info{{{M}}})",
+                       "{{model}} {{version}}")], text_mode="name"), 8, 8)
+    g.add(timeseries("Champion switches", "The daemon switched a model's reference, embedding "
+                     "weights and detectors to a new version (promote, rollback) or adopted the "
+                     "registered deployed model (baseline).",
+                     [target(f"sum by (model, event) (increase("
+                             f"driftline_model_switches_total{{{M}}}{RATE}))",
+                             "{{model}} {{event}}")]), 16, 8)
     return g.panels
 
 
@@ -490,6 +502,15 @@ def dashboard() -> dict[str, Any]:
                     f"driftline_retrain_requests_total{{{M}}}[2m])) > 0",
             "step": "1m", "titleFormat": "retraining {{outcome}}",
             "textFormat": "model {{model}}: a request became {{outcome}}",
+            "useValueForTime": False}, {
+            "datasource": DATASOURCE, "enable": True, "hide": False,
+            "iconColor": "rgba(115, 191, 105, 1)", "name": "Model promotions and rollbacks",
+            "expr": f"(sum by (model, event) (changes("
+                    f"driftline_model_switches_total{{{M}}}[2m])) > 0) "
+                    f"* on (model) group_left (version) "
+                    f"max by (model, version) (driftline_model_version_info{{{M}}})",
+            "step": "1m", "titleFormat": "champion {{event}}",
+            "textFormat": "model {{model}} now evaluated against version {{version}}",
             "useValueForTime": False}]},
         "templating": _templating(),
         "panels": _panels(),

@@ -12,15 +12,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from monitor.champion import Champions
 from monitor.deadletter import DeadLetter
 from monitor.errors import ConfigError, SinkError
 from monitor.factory import build_models
 from monitor.health import serve
 from monitor.label_join import Joined, LabelJoin
-from monitor.metrics import Metrics
+from monitor.metrics import SETTINGS_VERSION, Metrics
 from monitor.pipeline import Pipeline, StoredState
 from monitor.report import WindowReport
-from monitor.retrain.backends import build_backend, describe
+from monitor.retrain.backends import build_backend, describe, registry_dir
 from monitor.retrain.decider import RetrainDecider
 from monitor.retrain.dispatcher import Dispatcher
 from monitor.retrain.store import DecisionBuffer, RetrainStore
@@ -46,6 +47,7 @@ class Daemon:
     _server: Any = None
     stop: threading.Event = field(default_factory=threading.Event)
     dispatcher: Dispatcher | None = None
+    champions: Champions | None = None
 
     def run(self, *, until_exhausted: bool = False) -> None:
         if self.dispatcher is not None:
@@ -88,6 +90,8 @@ def build_daemon(
         _check_port(settings.metrics.address, settings.metrics.port)
     metrics = metrics or Metrics()
     for m in settings.models:
+        # the version evaluated: monitor.champion moves it to the registry's champion
+        metrics.model_version.labels(model=m.name, version=m.version or SETTINGS_VERSION).set(1)
         dashboard_url, runbook_url = settings.alerts.links(m.name)
         metrics.alert_links.labels(model=m.name, dashboard_url=dashboard_url,
                                    runbook_url=runbook_url).set(1)
@@ -147,9 +151,10 @@ def build_daemon(
         poll_timeout_s=settings.source.kafka.poll_timeout_ms / 1000,
     )
     daemon = Daemon(settings, pipeline, store, metrics, stop=stop or threading.Event())
+    daemon.champions = _champions(settings, pipeline, store, metrics, config_path)
     if retraining:
         daemon.dispatcher = _retraining(settings, pipeline, store, metrics, retraining,
-                                        config_path, retrain_backends)
+                                        config_path, retrain_backends, daemon.champions)
     if serve_metrics:
         address, port = settings.metrics.address, settings.metrics.port
         try:
@@ -164,15 +169,35 @@ def build_daemon(
     return daemon
 
 
+def _champions(settings: Settings, pipeline: Pipeline, store: SqlStore, metrics: Metrics,
+               config_path: Path | None) -> Champions | None:
+    """Models retrained by the builtin job are evaluated against their registry champion."""
+    registries = {m.name: registry_dir(m.retrain.action, config_path) for m in settings.models
+                  if m.retrain is not None and m.retrain.action.kind == "builtin"}
+    if not registries:
+        return None
+    cache = settings.storage.reference_cache_dir
+    champions = Champions({m.name: m for m in settings.models}, pipeline.models, store,
+                          metrics, registries, Path(cache).expanduser() if cache else None)
+    pipeline.restored_hooks.append(champions.restored)
+    pipeline.batch_hooks.append(champions.poll)
+    pipeline.admit_label = champions.admit
+    return champions
+
+
 def _retraining(settings: Settings, pipeline: Pipeline, store: SqlStore, metrics: Metrics,
                 retraining: Mapping[str, RetrainSettings], config_path: Path | None,
-                backends: Mapping[str, Any] | None) -> Dispatcher:
+                backends: Mapping[str, Any] | None,
+                champions: Champions | None = None) -> Dispatcher:
     """The retraining policy in the results' transaction, and the dispatcher thread."""
     retrain_store = RetrainStore(store.engine)
     buffer = DecisionBuffer()
     store.join_transaction(buffer)
     decider = RetrainDecider(retraining, retrain_store, buffer, metrics)
     pipeline.restore_hooks.append(decider.restore)
+    if champions is not None:  # a promoted version: the policy starts fresh after it
+        champions.on_switch.append(
+            lambda sw: decider.start_fresh(sw.model, sw.first_windows, sw.request_id))
     pipeline.delivery.before_sinks(lambda: decider.on_reports(pipeline.delivery.reports))
 
     def capture(pair: Joined, window_index: int) -> None:

@@ -78,12 +78,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.demo import DemoOptions, run_demo
 
     _setup_logging("ERROR")  # the demo prints its own progress; rejects are in the summary
+    if args.retrain:
+        return _demo_retrain(args)
     summary = run_demo(DemoOptions(
-        workdir=Path(args.workdir), records=args.records, window=args.window,
-        drift_at=args.drift_at, magnitude=args.magnitude, seed=args.seed,
+        workdir=Path(args.workdir), records=args.records or 40_000, window=args.window,
+        drift_at=24_000 if args.drift_at is None else args.drift_at,
+        magnitude=args.magnitude, seed=args.seed,
         metrics_port=args.metrics_port,
         linger=sys.stdout.isatty() and sys.stdin.isatty()))  # a terminal: until Ctrl-C
     return 0 if summary["detected_window"] is not None else 1
+
+
+def _demo_retrain(args: argparse.Namespace) -> int:
+    from monitor.demo_loop import LoopOptions, print_summary, run_loop, summary
+
+    defaults = LoopOptions()
+    opts = LoopOptions(
+        workdir=Path(args.workdir if args.workdir != "driftline-demo"
+                     else "driftline-demo-retrain"),
+        records=args.records or defaults.records,
+        drift_at=defaults.drift_at if args.drift_at is None else args.drift_at,
+        seed=args.seed if args.seed != 7 else defaults.seed)
+    if opts.workdir.exists() and any(opts.workdir.iterdir()):
+        raise ConfigError(f"{opts.workdir} is not empty: the loop starts from a fresh "
+                          "registry and database; remove it or pass --workdir")
+    s = summary(run_loop(opts), opts)
+    print_summary(s)
+    return 0 if s["promoted_at"] is not None else 1
 
 
 def _jsonl_values(path: Path, key_field: str | None) -> Iterator[tuple[bytes | None, bytes]]:
@@ -286,16 +307,23 @@ def _captured_rows(args: argparse.Namespace, features: tuple[str, ...]) -> Any:
     store = SqlStore(load_settings(args.config).storage.url)
     try:
         retrain = RetrainStore(store.engine)
-        request = retrain.get(args.request)
-        if request.model != args.model:
-            raise ConfigError(f"request {args.request} is for model {request.model!r}, "
-                              f"not {args.model!r}")
-        rows = retrain.capture(args.model, since=request.first_event_time)
+        if args.windows is not None or args.since is not None:
+            first, last = _window_range(args.windows)
+            rows = retrain.capture(args.model, since=args.since, first_window=first,
+                                   last_window=last)
+            what = (f"in label windows {args.windows}" if args.windows is not None
+                    else f"since event time {args.since}")
+        else:
+            request = retrain.get(args.request)
+            if request.model != args.model:
+                raise ConfigError(f"request {args.request} is for model {request.model!r}, "
+                                  f"not {args.model!r}")
+            rows = retrain.capture(args.model, since=request.first_event_time)
+            what = f"since request {args.request}'s incident began"
     finally:
         store.close()
     if not rows:
-        raise ValueError(f"no captured records of model {args.model!r} since request "
-                         f"{args.request}'s incident began")
+        raise ValueError(f"no captured records of model {args.model!r} {what}")
     try:
         x = np.asarray([[float(r["features"][f]) for f in features] for r in rows],
                        dtype=np.float32)
@@ -307,6 +335,23 @@ def _captured_rows(args: argparse.Namespace, features: tuple[str, ...]) -> Any:
     return LabelledRows(x, y_out, np.asarray([r["event_time"] for r in rows]))
 
 
+def _window_range(text: str | None) -> tuple[int | None, int | None]:
+    """``A:B`` (either side may be empty) -> (first, last) label window, inclusive."""
+    if text is None:
+        return None, None
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        first, last = (int(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise ConfigError(f"--windows {text!r}: expected A:B, label window indexes "
+                          "(e.g. 12:30, 12: or :30)") from None
+    if first is not None and last is not None and first > last:
+        raise ConfigError(f"--windows {text!r}: the first window is after the last")
+    return first, last
+
+
 def _retrain_run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -316,10 +361,16 @@ def _retrain_run(args: argparse.Namespace) -> int:
 
     m, spec = _retrain_model(args)
     features = tuple(f.name for f in m.features if f.type == "numeric")
-    if args.data is None and args.request is None:
+    if args.windows is not None and args.since is not None:
+        raise ConfigError("give --windows or --since, not both")
+    selected = args.windows is not None or args.since is not None
+    if args.data is None and args.request is None and not selected:
         raise ConfigError("give --request ID (the incident's captured records are read from "
-                          "storage.url) or --data FILE (CSV or JSONL with the features, label "
-                          "and timestamp)")
+                          "storage.url), --windows A:B or --since T (captured records by "
+                          "label window or event time), or --data FILE (CSV or JSONL with "
+                          "the features, label and timestamp)")
+    if args.data is not None and selected:
+        raise ConfigError("--windows and --since select captured records: not with --data")
     try:
         rows = (read_rows(args.data, features) if args.data is not None
                 else _captured_rows(args, features))
@@ -413,17 +464,22 @@ def build_parser() -> argparse.ArgumentParser:
                           "--db sqlite:///driftline-demo/driftline.db")
     demo.add_argument("--workdir", default="driftline-demo", metavar="DIR",
                       help="folder for the reference, settings, database and dead letters")
-    demo.add_argument("--records", type=int, default=40_000, metavar="N",
-                      help="records to stream")
+    demo.add_argument("--records", type=int, default=None, metavar="N",
+                      help="records to stream (default 40,000; --retrain: 12,000)")
     demo.add_argument("--window", type=int, default=2_000, metavar="N",
                       help="records per count window")
-    demo.add_argument("--drift-at", type=int, default=24_000, metavar="K",
-                      help="record from which drift is injected")
+    demo.add_argument("--drift-at", type=int, default=None, metavar="K",
+                      help="record from which drift is injected (default 24,000; --retrain: "
+                      "6,000)")
     demo.add_argument("--magnitude", type=float, default=0.5,
                       help="shift in standard deviations")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the stream")
     demo.add_argument("--metrics-port", type=int, default=9108, metavar="PORT",
                       help="port of /metrics on 127.0.0.1; 0 picks a free port")
+    demo.add_argument("--retrain", action="store_true",
+                      help="the retraining loop instead: a concept drift detected on delayed "
+                      "labels, one request, the builtin job fine-tunes and gates, the daemon "
+                      "switches to the promoted model (needs the training extra)")
     demo.set_defaults(fn=cmd_demo)
 
     prod = sub.add_parser("produce", help="replay JSONL or a synthetic stream into a topic",
@@ -532,6 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--request", help="retraining request id (recorded in the version)")
     rr.add_argument("--data", help="labelled rows: CSV or JSONL with the features, "
                     "'label' and 'timestamp' (the capture export)")
+    rr.add_argument("--windows", metavar="A:B", help="the training capture of these label "
+                    "windows (inclusive; either side may be empty)")
+    rr.add_argument("--since", type=float, metavar="T",
+                    help="the training capture from this event time (Unix seconds)")
     rr.add_argument("--strategy", choices=["head", "gradual", "full", "lora"], default="full")
     rr.add_argument("--action", choices=["retrain", "recalibrate"], default="retrain")
     rr.add_argument("--label-weights", help="recalibrate: comma-separated BBSE class weights")

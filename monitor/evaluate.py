@@ -126,6 +126,7 @@ class ComponentEvaluator:
     min_records = 1
     stateful = False  # True: the components' state travels with each report
     verdict: VerdictPolicy | None = None  # None: no model verdict row
+    model_version: str | None = None  # stamped on reports (monitor.champion sets it)
 
     @property
     def components(self) -> list[Component]:
@@ -161,7 +162,8 @@ class ComponentEvaluator:
             model=self.model, window_index=window.index, window_start=window.start,
             window_end=window.end, n_records=n, results=tuple(results),
             offsets=window.offsets, evaluated_at=time.time(), stream=self.stream,
-            state=self.state() if self.stateful or self.verdict is not None else None)
+            state=self.state() if self.stateful or self.verdict is not None else None,
+            model_version=self.model_version)
 
 
 class ModelEvaluator(ComponentEvaluator):

@@ -43,39 +43,43 @@ def build_models(settings: Settings, metrics: Metrics) -> BuiltModels:
     cache = settings.storage.reference_cache_dir
     cache_dir = Path(cache).expanduser() if cache else None
     for m in settings.models:
-        kinds = {f.name: f.type for f in m.features}
-        columns: dict[str, FeatureKind] = dict(kinds)
-        if m.prediction_drift is not None:  # the reference's predictions come along
-            columns["prediction"] = ("numeric" if m.prediction_drift.task == "regression"
-                                     else "categorical")
-            if m.prediction_drift.label_shift and m.labels is None:
-                columns["label"] = "categorical"  # BBSE's confusion matrix
-        t0 = time.perf_counter()
-        log.info("model %s: preparing the reference state (%s)", m.name, m.reference.path,
-                 extra={"event": "startup", "model": m.name, "step": "reference"})
-        evaluator = load_or_build(
-            m, lambda m=m, columns=columns: _evaluator(m, columns), cache_dir)  # type: ignore[misc]
-        log.info("model %s: reference ready (%s rows, %d detectors) in %.1f s", m.name,
-                 getattr(evaluator, "n_reference", "?"), len(evaluator.detector_names),
-                 time.perf_counter() - t0,
-                 extra={"event": "startup", "model": m.name, "step": "reference_ready",
-                        "seconds": round(time.perf_counter() - t0, 3)})
-        if m.embedding is not None:
-            t0 = time.perf_counter()
-            log.info("model %s: loading the embedding model and reference embeddings (%s); "
-                     "this can take minutes the first time", m.name, m.embedding.model.path,
-                     extra={"event": "startup", "model": m.name, "step": "embeddings"})
-            evaluator.embedding = _embedding(m, metrics, cache_dir)
-            log.info("model %s: embeddings ready in %.1f s", m.name, time.perf_counter() - t0,
-                     extra={"event": "startup", "model": m.name, "step": "embeddings_ready",
-                            "seconds": round(time.perf_counter() - t0, 3)})
-        new_windows = _windows_factory(m)
-        models[m.name] = ModelState(
-            StreamState(evaluator, new_windows(None), new_windows),
-            _label_stream(m) if m.labels is not None else None)
+        models[m.name] = build_model(m, metrics, cache_dir)
         schemas[m.name] = model_schema(m)
-
     return BuiltModels(models, schemas)
+
+
+def build_model(m: ModelSettings, metrics: Metrics, cache_dir: Path | None) -> ModelState:
+    """One model's evaluators and windows (also how :mod:`monitor.champion` rebuilds them
+    for a newly promoted version, from that version's settings)."""
+    kinds = {f.name: f.type for f in m.features}
+    columns: dict[str, FeatureKind] = dict(kinds)
+    if m.prediction_drift is not None:  # the reference's predictions come along
+        columns["prediction"] = ("numeric" if m.prediction_drift.task == "regression"
+                                 else "categorical")
+        if m.prediction_drift.label_shift and m.labels is None:
+            columns["label"] = "categorical"  # BBSE's confusion matrix
+    t0 = time.perf_counter()
+    log.info("model %s: preparing the reference state (%s)", m.name, m.reference.path,
+             extra={"event": "startup", "model": m.name, "step": "reference"})
+    evaluator = load_or_build(
+        m, lambda m=m, columns=columns: _evaluator(m, columns), cache_dir)  # type: ignore[misc]
+    log.info("model %s: reference ready (%s rows, %d detectors) in %.1f s", m.name,
+             getattr(evaluator, "n_reference", "?"), len(evaluator.detector_names),
+             time.perf_counter() - t0,
+             extra={"event": "startup", "model": m.name, "step": "reference_ready",
+                    "seconds": round(time.perf_counter() - t0, 3)})
+    if m.embedding is not None:
+        t0 = time.perf_counter()
+        log.info("model %s: loading the embedding model and reference embeddings (%s); "
+                 "this can take minutes the first time", m.name, m.embedding.model.path,
+                 extra={"event": "startup", "model": m.name, "step": "embeddings"})
+        evaluator.embedding = _embedding(m, metrics, cache_dir)
+        log.info("model %s: embeddings ready in %.1f s", m.name, time.perf_counter() - t0,
+                 extra={"event": "startup", "model": m.name, "step": "embeddings_ready",
+                        "seconds": round(time.perf_counter() - t0, 3)})
+    new_windows = _windows_factory(m)
+    return ModelState(StreamState(evaluator, new_windows(None), new_windows),
+                      _label_stream(m) if m.labels is not None else None)
 
 
 def model_schema(m: ModelSettings) -> ModelSchema:

@@ -46,6 +46,7 @@ class Joined:
     # For models with a training capture: the record as predicted (else None).
     features: Mapping[str, Any] | None = None
     raw_input: Any = None
+    predicted_at: float | None = None  # the prediction's event time
 
 
 class PredictionStore(Protocol):
@@ -164,7 +165,7 @@ class LabelJoin:
                 try:
                     pair = Joined(model, rid, as_target(label.label, cfg.task),
                                   as_target(prediction, cfg.task), label.timestamp,
-                                  features, raw)
+                                  features, raw, ts)
                 except ValueError as exc:
                     self.outcomes["invalid"] += 1
                     problems.append(f"model '{model}': {exc}")

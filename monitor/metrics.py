@@ -44,11 +44,19 @@ REJECT_REASONS: tuple[str, ...] = (
 )
 
 #: Join outcomes of delayed labels (the ``outcome`` label of ``driftline_labels_total``).
-LABEL_OUTCOMES: tuple[str, ...] = ("joined", "late", "orphan", "invalid", "replayed")
+LABEL_OUTCOMES: tuple[str, ...] = ("joined", "late", "orphan", "invalid", "replayed",
+                                   "superseded")
 
 #: Outcomes counted by ``driftline_retrain_requests_total``.
 RETRAIN_OUTCOMES: tuple[str, ...] = ("queued", "pending_approval", "collected", "dispatched",
                                      "succeeded", "promoted", "failed")
+
+#: Events counted by ``driftline_model_switches_total`` (see monitor.champion).
+SWITCH_EVENTS: tuple[str, ...] = ("promote", "rollback", "baseline")
+
+#: ``version`` of ``driftline_model_version_info`` for a model evaluated against the settings'
+#: reference files (no registry version yet) that names no ``version`` in its settings.
+SETTINGS_VERSION = "settings"
 
 #: Pipeline stages timed by ``driftline_stage_duration_seconds``.
 STAGES: tuple[str, ...] = ("poll", "decode", "detect", "sink", "commit")
@@ -179,6 +187,16 @@ class Metrics:
             "Wall-clock time from a request being queued to its backend accepting it.",
             ["model"], buckets=_BUCKETS, registry=r,
         )
+        self.model_version = Gauge(
+            "driftline_model_version_info",
+            "1 for the registry version whose reference the model is evaluated against "
+            "(the champion), per model.", ["model", "version"], registry=r,
+        )
+        self.model_switches = Counter(
+            "driftline_model_switches_total",
+            "Changes of a model's serving version the daemon applied (event: promote, "
+            "rollback, baseline: the deployed model registered).", ["model", "event"], registry=r,
+        )
         self.sink_errors = Counter(
             "driftline_sink_errors_total", "Sink flushes that failed (offsets not committed).",
             ["sink"], registry=r,
@@ -205,6 +223,8 @@ class Metrics:
             self.retrain_dispatch_errors.labels(model=model, backend=backend)
             self.retrain_decision_delay.labels(model=model)
             self.retrain_dispatch_delay.labels(model=model)
+            for event in SWITCH_EVENTS:
+                self.model_switches.labels(model=model, event=event)
         for sink in sinks:
             self.sink_errors.labels(sink=sink)
         for reason in REJECT_REASONS:

@@ -146,7 +146,14 @@ class Pipeline:
         self.assignment: set[TopicPartition] | None = None
         # Also run on every restore (start, rebalance): components with stored state.
         self.restore_hooks: list[Callable[[], None]] = []
+        # Run after a restore rebuilt windows and detector state, and before each batch
+        # (monitor.champion: a model switched to a newly promoted version).
+        self.restored_hooks: list[Callable[[], None]] = []
+        self.batch_hooks: list[Callable[[], None]] = []
         self.on_joined: Callable[[Joined, int], None] | None = None
+        # False: the pair's prediction came from a model version no longer evaluated
+        # (monitor.champion), so it is counted as "superseded" and kept out of the windows.
+        self.admit_label: Callable[[Joined], bool] | None = None
         self.rejected: Counter[str] = Counter()
         self.skipped_replayed = 0
         self._stop = threading.Event()  # the running loop's stop event
@@ -193,6 +200,8 @@ class Pipeline:
         if not self._ready(self._stop):  # first call, or after a rebalance
             self.evaluation.held.extend(batch)  # stopping: committed offsets stay below
             return
+        for hook in self.batch_hooks:  # nothing is being evaluated between batches
+            hook()
         held = self.evaluation.take_held()
         if held:  # records a keep-alive poll returned: they come first
             batch = [*held, *batch]
@@ -260,10 +269,13 @@ class Pipeline:
             if self.checkpoint.is_stored("labels", pair.model, tp, msg.offset):
                 self.join.outcomes["replayed"] += 1  # already in a stored label window
                 continue
-            self.join.outcomes["joined"] += 1
             windows = self._stream(pair.model, "labels").windows
             if self.on_joined is not None and isinstance(windows, CountWindows):
                 self.on_joined(pair, windows.open_index)  # the training capture
+            if self.admit_label is not None and not self.admit_label(pair):
+                self.join.outcomes["superseded"] += 1  # predicted by a replaced version
+                continue
+            self.join.outcomes["joined"] += 1
             closed.extend(windows.add(pair, tp, msg.offset))
         for outcome, n in (self.join.outcomes - before).items():
             self.metrics.labels.labels(outcome=outcome).inc(n)
@@ -370,6 +382,8 @@ class Pipeline:
                 s.windows = s.new_windows(state.last_window.get((stream, name)))
                 # detectors with state across windows resume after the last stored one
                 s.evaluator.load_state(state.detector_state.get((stream, name), {}))
+        for hook in self.restored_hooks:
+            hook()
 
     # -- flush, then commit --------------------------------------------------------------
     def flush_and_commit(self, stop: threading.Event) -> bool:

@@ -30,3 +30,5 @@ class WindowReport:
     # Feature name -> bounded summary of the window and the reference (bin or category
     # counts, see monitor.components.FeatureSummaries), stored for reports.
     summaries: Mapping[str, Mapping[str, Any]] | None = None
+    # The registry version whose reference evaluated the window (None: no registry yet).
+    model_version: str | None = None

@@ -286,8 +286,11 @@ class BackendSettings(_Strict):
         description="ray: the job's shell command; {id}, {model}, {action}, {config} filled in.")
     jobs_dir: Path = Field(default=Path("driftline-jobs"), description="builtin: job logs and "
                            "result files (relative to the settings file).")
-    job_args: tuple[str, ...] = Field(default=(), description="builtin: more arguments of "
-                                      "`driftline retrain run` (--registry DIR, --epochs N...).")
+    registry: Path = Field(default=Path("driftline-registry"), description="builtin: the model "
+                           "registry the job writes and the daemon serves the champion of "
+                           "(relative to the settings file).")
+    job_args: tuple[str, ...] = Field(default=(), description="builtin: extra arguments of "
+                                      "'driftline retrain run' (e.g. --max-reference-drop 0.1).")
     timeout_seconds: float = Field(default=30, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     backoff_seconds: float = Field(default=5, gt=0)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from typing import Protocol
 
 from monitor.health import Health
@@ -98,7 +99,8 @@ class WindowEvaluation:
             else:
                 log.error("model %s: evaluating %s window %d failed: %s: %s", window.model,
                           stream, window.index, type(exc).__name__, exc)
-            return error_report(stream, window, exc)
+            return replace(error_report(stream, window, exc),
+                           model_version=getattr(evaluator, "model_version", None))
 
     def held_offsets(self) -> Iterator[tuple[TopicPartition, int]]:
         for w in self.inflight:

@@ -55,7 +55,8 @@ def _slug(request: pytest.FixtureRequest, limit: int = 40) -> str:
 #: share one xdist group, so under ``-n 2 --dist loadgroup`` they run on one worker, in order,
 #: against one broker/cluster as without xdist, while the CPU-bound unit tests fill the other.
 SERVICE_FIXTURES = frozenset({"kafka_broker", "kafka_topic", "postgres_server", "postgres_url",
-                              "prometheus_factory", "alertmanager_factory", "fresh_db"})
+                              "prometheus_factory", "alertmanager_factory", "fresh_db",
+                              "ray_head"})
 _INTEGRATION_DIR = Path(_TESTS_DIR) / "integration"
 
 

@@ -103,13 +103,15 @@ class BuiltinBackend:
         self.jobs_dir = (cfg.jobs_dir if cfg.jobs_dir.is_absolute()
                          else config_path.parent / cfg.jobs_dir)
         self.nproc = cfg.nproc
+        self.registry = registry_dir(cfg, config_path)
         self.job_args = list(cfg.job_args)
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
 
     def argv(self, request: Mapping[str, Any]) -> list[str]:
         job = ["-m", "monitor.cli", "retrain", "run", "--config", str(self.config_path),
                "--model", str(request["model"]), "--request", str(request["id"]),
-               "--result", str(self.result_path(str(request["id"]))), *self.job_args]
+               "--result", str(self.result_path(str(request["id"]))),
+               "--registry", str(self.registry), *self.job_args]
         if self.nproc > 1:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={self.nproc}", *job]
@@ -198,6 +200,13 @@ class BuiltinBackend:
         if Path(f"/proc/{pid}").exists():
             return "running", "the job is running"
         return "failed", f"the job (pid {pid}) ended without writing {result.name}"
+
+
+def registry_dir(cfg: BackendSettings, config_path: Path | None) -> Path:
+    """The builtin job's registry folder (relative paths: to the settings file)."""
+    if cfg.registry.is_absolute() or config_path is None:
+        return cfg.registry
+    return config_path.parent / cfg.registry
 
 
 class WebhookBackend:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from monitor.metrics import Metrics
 from monitor.report import WindowReport
-from monitor.retrain.policy import ModelHistory, Rules, Window, apply, classify, decide
+from monitor.retrain.policy import IN_FLIGHT, ModelHistory, Rules, Window, apply, classify, decide
 from monitor.retrain.store import DecisionBuffer, RetrainStore, request_id
 from monitor.settings import RetrainSettings
 
@@ -45,18 +45,40 @@ class RetrainDecider:
         self.metrics = metrics
         self.histories: dict[str, ModelHistory] = {}
         self._seen: dict[tuple[str, str], int] = {}  # (model, stream) -> last window decided
+        # model -> stream -> first window of the version now serving (monitor.champion):
+        # the policy does not see the windows of the version before
+        self.fresh_from: dict[str, dict[str, int]] = {}
 
     def restore(self) -> None:
         """Rebuild every model's history from storage (raises SinkError; callers retry)."""
         self.histories, self._seen = {}, {}
-        for model, rules in self.rules.items():
-            stored, requests = self.store.history(model, rules.n)
-            windows = []
-            for stream, index, start, end, n, verdicts in stored:
-                kinds = classify(stream, [_Verdict(d, f) for d, f in verdicts])
-                windows.append(Window(stream, index, start, end, n, kinds))
-                self._seen[(model, stream)] = max(self._seen.get((model, stream), -1), index)
-            self.histories[model] = ModelHistory.rebuild(rules.n, windows, requests)
+        for model in self.rules:
+            self._restore_model(model)
+
+    def _restore_model(self, model: str, closed: str | None = None) -> None:
+        rules = self.rules[model]
+        stored, requests = self.store.history(model, rules.n)
+        since = self.fresh_from.get(model, {})
+        windows = []
+        for stream, index, start, end, n, verdicts in stored:
+            self._seen[(model, stream)] = max(self._seen.get((model, stream), -1), index)
+            if index < since.get(stream, -1):
+                continue
+            kinds = classify(stream, [_Verdict(d, f) for d, f in verdicts])
+            windows.append(Window(stream, index, start, end, n, kinds))
+        if closed is not None:  # promoted, whether or not the dispatcher has seen it yet
+            requests = [replace(r, state="promoted") if r.id == closed and r.state in IN_FLIGHT
+                        else r for r in requests]
+        self.histories[model] = ModelHistory.rebuild(rules.n, windows, requests)
+
+    def start_fresh(self, model: str, first_windows: Mapping[str, int],
+                    closed_request: str | None) -> None:
+        """A new version serves from ``first_windows``: forget the drift before it (the
+        incident ``closed_request`` it was trained for is over) and decide afresh."""
+        if model not in self.rules:
+            return
+        self.fresh_from[model] = dict(first_windows)
+        self._restore_model(model, closed_request)
 
     def on_reports(self, reports: Sequence[WindowReport]) -> bool:
         """Decide on the reports about to be stored; True if anything was buffered."""

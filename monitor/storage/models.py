@@ -47,6 +47,8 @@ class WindowRow(Base):
     evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Why evaluating the window failed (revision 0002); such a window has no results.
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The registry version that evaluated the window (revision 0004; NULL: none yet).
+    model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class ResultRow(Base):
@@ -209,3 +211,35 @@ class CaptureRow(Base):
     prediction: Mapped[Any] = mapped_column(JSON)
     label: Mapped[Any] = mapped_column(JSON)
     raw_input: Mapped[Any] = mapped_column(JSON, nullable=True)
+
+
+class ModelVersionRow(Base):
+    """A registry version, mirrored by the daemon (revision 0004)."""
+
+    __tablename__ = "driftline_model_versions"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    parent: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    status: Mapped[str] = mapped_column(String(20))  # baseline | promoted | rejected ...
+    created: Mapped[str] = mapped_column(String(40))  # ISO-8601, as the registry writes it
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)  # gate verdict, training summary
+    promoted_at: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class ChampionSwitchRow(Base):
+    """The daemon switched a model's serving version (revision 0004)."""
+
+    __tablename__ = "driftline_champion_switches"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(32))
+    previous: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    event: Mapped[str] = mapped_column(String(20))  # promote | rollback | start
+    # the first window of each stream the new version evaluated
+    features_window: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    labels_window: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    event_time: Mapped[float | None] = mapped_column(Float, nullable=True)  # newest record seen
+    switched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -168,7 +168,7 @@ class SqlStore:
             "window_start": r.window_start, "window_end": r.window_end, "n_records": r.n_records,
             "offsets": {f"{t}/{p}": list(v) for (t, p), v in sorted(r.offsets.items())},
             "evaluated_at": datetime.fromtimestamp(r.evaluated_at, UTC),
-            "error": r.error,
+            "error": r.error, "model_version": r.model_version,
         }, ["model", "stream", "window_index"])
         summaries = dict(r.summaries or {})  # each stored once, with its first result
         for res in r.results:

@@ -159,3 +159,26 @@ def test_run_demo_puts_the_callers_signal_handlers_back(tmp_path: Path) -> None:
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+def test_demo_retrain_without_drift_requests_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`driftline demo --retrain`, reduced to a stream with no drift: the loop is wired
+    (deployed model, references, daemon, summary) and requests nothing, so exit 1. The
+    whole loop with a promotion is tests/daemon/test_champion_loop.py."""
+    from monitor.cli import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    workdir = tmp_path / "loop"
+    assert main(["demo", "--retrain", "--workdir", str(workdir), "--records", "1500",
+                 "--drift-at", "1500"]) == 1
+    out = capsys.readouterr().out
+    assert "retraining requested by record None; promoted model serving from record None" \
+        in out
+    before = float(re.search(r"accuracy before the drift ([\d.]+)%", out).group(1))
+    assert 85 < before < 100  # the deployed model on its own concept (5% label noise)
+    assert (workdir / "registry").exists() is False  # no job ran
+    # a second run refuses the used folder instead of mixing two loops' registries
+    assert main(["demo", "--retrain", "--workdir", str(workdir)]) == 2
+    assert "is not empty" in capsys.readouterr().err

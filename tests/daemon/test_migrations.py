@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXAMPLE = ROOT / "examples" / "driftline.yml"
 T0 = 1_763_856_000.0
+HEAD = "0004_model_versions"  # the newest revision: model versions and champion switches
 
 
 # --- a database made by release 0.1.0 ---------------------------------------------------------
@@ -148,8 +149,8 @@ def ok_report(index: int, *, model: str = "credit-risk") -> WindowReport:
 def check_legacy_database_is_adopted(url: str) -> None:
     make_legacy_database(url)
     with store_at(url) as store:
-        assert store.migrate() == head_revision() == "0003"
-        assert version_rows(url) == ["0003"]
+        assert store.migrate() == head_revision() == HEAD
+        assert version_rows(url) == [HEAD]
         assert schema_diff(url) == []
         # Every 0.1.0 row is still there and readable, through the new reader ...
         reader = store.reader
@@ -183,8 +184,8 @@ def check_legacy_database_is_adopted(url: str) -> None:
         assert reader.window_results("credit-risk", first=2)[0].results == ()
         assert store.dead_letter_marks() == {("logs", 0): 41}
     with store_at(url) as store:  # a second start: nothing to do, nothing changes
-        assert store.migrate() == "0003"
-        assert version_rows(url) == ["0003"]
+        assert store.migrate() == HEAD
+        assert version_rows(url) == [HEAD]
         assert len(store.reader.windows(None)) == 3
         assert store.dead_letter_marks() == {("logs", 0): 41}
 
@@ -209,10 +210,10 @@ def check_failed_migration_changes_nothing(url: str) -> None:
 def check_empty_database_reaches_head(url: str) -> None:
     with store_at(url) as store:
         assert store.reader.engine is store.engine
-        assert store.migrate() == "0003"
-        assert store.migrate() == "0003"
+        assert store.migrate() == HEAD
+        assert store.migrate() == HEAD
         store.create_schema()  # the old name still works
-    assert version_rows(url) == ["0003"]
+    assert version_rows(url) == [HEAD]
     engine = create_engine(url)
     try:
         tables = set(inspect(engine).get_table_names())
@@ -220,7 +221,8 @@ def check_empty_database_reaches_head(url: str) -> None:
         engine.dispose()
     assert tables == LEGACY_TABLES | {"driftline_deadletter_marks", VERSION_TABLE,
                                       "driftline_retrain_requests", "driftline_retrain_events",
-                                      "driftline_training_capture"}
+                                      "driftline_training_capture", "driftline_model_versions",
+                                      "driftline_champion_switches"}
 
 
 def check_models_match_migrations(url: str) -> None:
@@ -228,9 +230,9 @@ def check_models_match_migrations(url: str) -> None:
     engine = create_engine(url)
     try:
         with engine.begin() as conn:
-            assert upgrade(conn) == (None, "0003")
+            assert upgrade(conn) == (None, HEAD)
         with engine.connect() as conn:
-            assert current_revision(conn) == "0003"
+            assert current_revision(conn) == HEAD
     finally:
         engine.dispose()
     assert schema_diff(url) == []
@@ -352,11 +354,11 @@ def check_cli_upgrades_and_reports_the_revision(url: str, tmp_path: Path,
     assert main(["db", "current", "--config", str(config)]) == 0
     assert capsys.readouterr().out.startswith("none (no driftline tables")
     assert main(["db", "upgrade", "--config", str(config)]) == 0
-    assert "upgraded from revision none to 0003" in capsys.readouterr().out
+    assert f"upgraded from revision none to {HEAD}" in capsys.readouterr().out
     assert main(["db", "upgrade", "--config", str(config)]) == 0
-    assert "already at revision 0003" in capsys.readouterr().out
+    assert f"already at revision {HEAD}" in capsys.readouterr().out
     assert main(["db", "current", "--config", str(config)]) == 0
-    assert capsys.readouterr().out == "0003 (head)\n"
+    assert capsys.readouterr().out == f"{HEAD} (head)\n"
 
 
 def settings_file(tmp_path: Path, url: str) -> Path:
@@ -427,7 +429,7 @@ def test_cli_db_current_on_a_legacy_database(sqlite_url: str, tmp_path: Path,
     assert main(["db", "current", "--config", str(config)]) == 0
     assert "tables of driftline 0.1.0, not versioned yet" in capsys.readouterr().out
     assert main(["db", "upgrade", "--config", str(config)]) == 0
-    assert "upgraded from revision none to 0003" in capsys.readouterr().out
+    assert f"upgraded from revision none to {HEAD}" in capsys.readouterr().out
 
 
 def test_unreachable_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

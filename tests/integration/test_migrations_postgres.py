@@ -14,6 +14,8 @@ import pytest
 from monitor.cli import main
 from monitor.errors import SinkError
 
+HEAD = "0004_model_versions"  # the newest revision
+
 pytestmark = pytest.mark.integration
 
 
@@ -76,8 +78,8 @@ def test_replicas_migrating_together_both_succeed(postgres_url: str, legacy: boo
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert outcomes == ["0003"] * n
-    assert checks.version_rows(postgres_url) == ["0003"]
+    assert outcomes == [HEAD] * n
+    assert checks.version_rows(postgres_url) == [HEAD]
     assert checks.schema_diff(postgres_url) == []
     if legacy:
         with checks.store_at(postgres_url) as store:

@@ -192,7 +192,7 @@ def test_one_request_and_one_run_per_backend_through_kills(
         "webhook": {"kind": "webhook", "url": receiver.url, "secret_file": str(secret),
                     "backoff_seconds": 0.2},
         "builtin": {"kind": "builtin", "jobs_dir": str(tmp_path / "jobs"),
-                    "job_args": ["--registry", str(registry), "--epochs", "2",
+                    "registry": str(registry), "job_args": ["--epochs", "2",
                                  "--max-reference-drop", "1"]},
         "ray": {"kind": "ray", "address": ray_head, "entrypoint":
                 f"python -c \"open('{ray_file}', 'a').write('{{id}}\\n')\""},

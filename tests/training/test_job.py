@@ -216,3 +216,43 @@ def test_cli_run_promote_rollback(tmp_path, deployed, drifted, reference, capsys
                  reg]) == 2
     assert main(["retrain", "run", "--config", str(cfg), "--model", "nope", "--data",
                  str(data), "--registry", reg]) == 2
+
+
+def test_cli_selects_the_capture_by_window_range_or_event_time(
+        tmp_path, deployed, drifted, reference, capsys) -> None:
+    """`retrain run --windows A:B | --since T` reads the training capture from storage."""
+    from sqlalchemy.orm import Session
+
+    from monitor.storage import SqlStore
+    from monitor.storage.models import CaptureRow
+
+    cfg = _settings(tmp_path, deployed, reference)
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    cfg.write_text(cfg.read_text() + f"storage: {{url: '{db}'}}\n")
+    store = SqlStore(db)
+    store.migrate()
+    with Session(store.engine) as s, s.begin():  # 800 rows, label windows of 100
+        s.add_all(CaptureRow(model="toy", request_id=f"r{i}", event_time=float(i),
+                             window_index=i // 100, prediction=0, label=int(y), raw_input=None,
+                             features=dict(zip(FEATURES, map(float, row), strict=True)))
+                  for i, (row, y) in enumerate(zip(drifted.x, drifted.y, strict=True)))
+    store.close()
+    reg = str(tmp_path / "reg")
+    base = ["retrain", "run", "--config", str(cfg), "--model", "toy", "--registry", reg,
+            "--dry-run", "--result", str(tmp_path / "res.json")]
+
+    def selected(*extra: str) -> dict:
+        assert main([*base, *extra]) == 0
+        capsys.readouterr()
+        return json.loads((tmp_path / "res.json").read_text())["data"]
+
+    assert selected("--windows", "2:5")["recent_rows"] == 400
+    assert selected("--windows", "6:")["recent_rows"] == 200
+    data = selected("--since", "300")
+    assert data["recent_rows"] == 500 and data["train"]["time_first"] == 300.0
+    for bad in (["--windows", "5:2"], ["--windows", "x"], ["--windows", "1:2", "--since", "3"],
+                ["--windows", "20:30"]):
+        assert main([*base, *bad]) == 2, bad
+    err = capsys.readouterr().err
+    assert "the first window is after the last" in err and "expected A:B" in err
+    assert "not both" in err and "in label windows 20:30" in err
