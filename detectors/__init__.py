@@ -19,6 +19,7 @@ from .ks import KSDetector
 from .ks_torch import TorchKSDetector, ks_statistics_torch
 from .label import LabelDriftDetector, PerformanceDriftDetector, PredictionDriftDetector
 from .mmd import MMDDetector
+from .mmd_agg import MMDAggDetector
 from .psi import PSIDetector
 from .registry import (
     CONFIGURABLE,
@@ -76,6 +77,7 @@ __all__ = [
     "KSDetector",
     "LabelDriftDetector",
     "LabelShiftEstimate",
+    "MMDAggDetector",
     "MMDDetector",
     "PSIDetector",
     "PageHinkley",

@@ -24,6 +24,8 @@ __all__ = ["ChiSquareDetector"]
 #: A 2 x 2 table (after pooling) whose smallest expected count is below this gets
 #: Fisher's exact test instead of the chi-square approximation (``min_expected > 0``).
 EXACT_BELOW = 5.0
+#: Draws of the Monte Carlo exact test used when pooling would leave nothing to test.
+EXACT_DRAWS = 4999
 
 
 class ChiSquareDetector(PerFeatureTest):
@@ -77,9 +79,15 @@ class ChiSquareDetector(PerFeatureTest):
     expected counts, whereas pooling it away would make a binary feature with a rare
     level untestable, whatever its drift.) The test is then run on the pooled table
     (kept columns in table order, the pooled column last), so the result equals
-    ``scipy.stats.chi2_contingency(pooled, correction=False)``. Only when every column
-    is rare (a window too small for any category to reach ``min_expected``) is nothing
-    left to test: statistic 0, p-value 1. Categories seen in the window only (or in
+    ``scipy.stats.chi2_contingency(pooled, correction=False)``. When every column is
+    rare (a window too small for any category to reach ``min_expected``, e.g. ten
+    classes in a window of 10 to 20), pooling would leave one column, nothing to test;
+    the raw table then gets an **exact conditional test** instead: Fisher's for two
+    columns, otherwise Pearson's :math:`X^2` referred to its distribution given the
+    margins, the window's counts drawn as multivariate hypergeometric
+    (:data:`EXACT_DRAWS` draws, seeded, the same for every window; p-value
+    :math:`(1 + \\#\\{X^2_b \\ge X^2\\}) / (1 + B)`), valid at every size. The statistic
+    is then :math:`X^2` of the raw table. Categories seen in the window only (or in
     the reference only) follow the same rule: a frequent new category keeps its own
     column, rare ones are pooled (together they may still show as an excess in the
     pooled column).
@@ -202,9 +210,10 @@ def _pearson(
         dtype=np.float64,
     )
     if min_expected > 0.0:
-        observed = _pool(observed, min_expected)
-        if observed.shape[1] < 2:
-            return 0.0, 0, None
+        pooled = _pool(observed, min_expected)
+        if pooled.shape[1] < 2:
+            return _exact(observed)
+        observed = pooled
     expected = (
         observed.sum(axis=1, keepdims=True) * observed.sum(axis=0, keepdims=True) / observed.sum()
     )
@@ -215,3 +224,32 @@ def _pearson(
         # over-rejects (7.2% at 5% for a 2% level in windows of 20); Fisher's exact test
         exact = float(fisher_exact(observed.astype(np.int64)).pvalue)
     return statistic, observed.shape[1] - 1, exact
+
+
+def _exact(observed: np.ndarray) -> tuple[float, int, float]:
+    """Pearson's X^2 of a 2 x k table (k >= 2) with an exact conditional p-value.
+
+    Given the margins, the window's row is multivariate hypergeometric under homogeneity;
+    two columns get Fisher's test, more get :data:`EXACT_DRAWS` seeded draws of it.
+    """
+    totals = (observed[0] + observed[1]).astype(np.int64)
+    n, m = observed.sum(axis=1)
+    grand = n + m
+    expected = m * totals / grand  # the window's expected counts
+
+    def pearson(window: np.ndarray) -> np.ndarray:
+        # both rows' terms: (O1 - E1)^2 (1/E1 + 1/E0), since O0 - E0 = -(O1 - E1)
+        return ((window - expected) ** 2 * (grand**2 / (n * m * totals))).sum(axis=-1)
+
+    statistic = float(pearson(observed[1]))
+    if totals.size == 2:
+        return statistic, 1, float(fisher_exact(observed.astype(np.int64)).pvalue)
+    # "count" is ~10x faster but takes memory in proportion to the grand total
+    rng = np.random.default_rng(0)
+    if grand <= 1e6:
+        draws = rng.multivariate_hypergeometric(totals, int(m), size=EXACT_DRAWS, method="count")
+    else:
+        draws = rng.multivariate_hypergeometric(totals, int(m), size=EXACT_DRAWS)
+    tolerance = 1e-9 * max(statistic, 1.0)  # equal tables must tie despite rounding
+    exceed = np.count_nonzero(pearson(draws.astype(np.float64)) >= statistic - tolerance)
+    return statistic, totals.size - 1, (1.0 + exceed) / (1.0 + EXACT_DRAWS)

@@ -53,7 +53,7 @@ Every kind, as plain data
 -------------------------
 ``SPECS`` describes *every* detector kind the daemon stores results under, once: the
 per-feature kinds above (``KINDS`` is their subset of ``SPECS``), the multivariate
-``mmd`` and ``c2st``, the prediction and label tests, the streaming detectors and the
+``mmd``, ``mmd_agg`` and ``c2st``, the prediction and label tests, the streaming detectors and the
 embedding tests. Each :class:`DetectorInfo` says what the detector reads from a window
 (``input``: one of :data:`INPUTS`), where it is configured (``section``), which settings
 keys it accepts (``keys``: every key but ``features`` is passed to the constructor under
@@ -80,6 +80,7 @@ from .divergence import JSDetector, KLDetector
 from .ks import KSDetector
 from .label import LabelDriftDetector, PerformanceDriftDetector, PredictionDriftDetector
 from .mmd import MMDDetector
+from .mmd_agg import MMDAggDetector
 from .psi import PSIDetector
 from .streaming import ADWIN, DDM, PageHinkley
 from .wasserstein import WassersteinDetector
@@ -195,6 +196,10 @@ SPECS: dict[str, DetectorInfo] = {
                         keys=("features", "alpha", "n_permutations", "backend", "device",
                               "max_n"),
                         backends=_NUMPY_OR_TORCH),
+    "mmd_agg": DetectorInfo(MMDAggDetector, _NUMERIC, True, input=MATRIX,
+                            keys=("features", "alpha", "n_permutations", "backend", "device",
+                                  "max_n"),
+                            backends=_NUMPY_OR_TORCH),
     "c2st": DetectorInfo(ClassifierTwoSampleDetector, _NUMERIC, True, input=MATRIX,
                          keys=("features", "alpha", "max_n")),
     # the model's outputs

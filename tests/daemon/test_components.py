@@ -43,12 +43,12 @@ def parse(**over: object):  # type: ignore[no-untyped-def]
 
 
 def test_registry_describes_every_stored_kind_once() -> None:
-    stored = {"ks", "chi2", "cvm", "anderson", "psi", "kl", "js", "wasserstein", "mmd",
+    stored = {"ks", "chi2", "cvm", "anderson", "psi", "kl", "js", "wasserstein", "mmd", "mmd_agg",
               "c2st", "prediction_chi2", "prediction_ks", "label_shift", "performance",
               "label_chi2", "ddm", "adwin", "page_hinkley", "embedding_mmd", "embedding_ks",
               "bbsd"}
     assert set(SPECS) == stored
-    assert set(CONFIGURABLE) == set(KINDS) | {"mmd", "c2st"}
+    assert set(CONFIGURABLE) == set(KINDS) | {"mmd", "mmd_agg", "c2st"}
     for kind, info in SPECS.items():
         assert info.input in INPUTS, kind
         assert bool(info.keys) == (kind in CONFIGURABLE), kind
@@ -92,7 +92,7 @@ def test_keys_a_kind_does_not_use_are_config_errors(det: dict, message: str) -> 
 
 def test_unknown_kind_lists_the_configurable_ones() -> None:
     with pytest.raises(ConfigError, match=r"detectors\[0\]\.kind: .*unknown detector kind "
-                       r"'energy'; valid kinds: ks, chi2, .*mmd, c2st"):
+                       r"'energy'; valid kinds: ks, chi2, .*mmd, mmd_agg, c2st"):
         parse(detectors=[{"kind": "energy"}])
 
 

@@ -100,7 +100,8 @@ def windows(m: ModelSettings, n_windows: int) -> list[ClosedWindow]:
 
 def test_every_detector_kind_round_trips_through_the_cache(tmp_path: Path) -> None:
     # the binned distances (psi, kl, js) once held a mappingproxy, which pickle refuses
-    kinds = ["ks", "chi2", "cvm", "anderson", "psi", "kl", "js", "wasserstein", "mmd", "c2st"]
+    kinds = ["ks", "chi2", "cvm", "anderson", "psi", "kl", "js", "wasserstein", "mmd", "mmd_agg",
+             "c2st"]
     dets = [{"kind": k, **({"alpha": 0.01} if k == "anderson" else {})} for k in kinds]
     # windows of 500: distances (js, wasserstein) on 100 records exceed their threshold
     # even without drift

@@ -106,8 +106,16 @@ def test_parity_with_chi2_contingency_on_the_pooled_table(seed: int) -> None:
             .features[0]
         )
         pooled = pooled_table(table, min_expected)
-        expected = stats.chi2_contingency(pooled, correction=False)
         assert feature.p_value is not None
+        if pooled.shape[1] < 2:  # nothing left to pool into: the raw table's exact test
+            raw = stats.chi2_contingency(table, correction=False)
+            np.testing.assert_allclose(feature.statistic, raw.statistic, rtol=1e-9)
+            if table.shape[1] == 2:
+                want = stats.fisher_exact(table.astype(int)).pvalue
+                np.testing.assert_allclose(feature.p_value, want, rtol=1e-9)
+            assert 1 / 5000 <= feature.p_value <= 1  # Monte Carlo: test_chisquare_exact
+            continue
+        expected = stats.chi2_contingency(pooled, correction=False)
         np.testing.assert_allclose(feature.statistic, expected.statistic, rtol=1e-9, atol=1e-12)
         want = expected.pvalue
         if min_expected > 0 and pooled.shape[1] == 2 and expected.expected_freq.min() < 5:
@@ -230,12 +238,16 @@ def test_binary_feature_with_a_rare_level_stays_testable() -> None:
     assert feature.p_value == pytest.approx(stats.fisher_exact(table).pvalue, rel=1e-12)
 
 
-def test_window_too_small_for_any_category_gives_p_one() -> None:
-    # Window of 10 against 20: min(R) C_j / N < 5 for every column, nothing to test.
+def test_window_too_small_for_any_category_gets_the_exact_test() -> None:
+    # Window of 10 against 20: min(R) C_j / N < 5 for every column, nothing left to pool
+    # into; the raw table is tested exactly (tests/detectors/test_chisquare_exact.py).
     ref = np.array([0] * 8 + [1] * 6 + [2] * 6)
     cur = np.array([0] * 3 + [1] * 2 + [2] * 5)
     feature = ChiSquareDetector({"c": ref}).test({"c": cur}).features[0]
-    assert (feature.statistic, feature.p_value, feature.drifted) == (0.0, 1.0, False)
+    raw_table = np.array([[8, 6, 6], [3, 2, 5]])
+    want = stats.chi2_contingency(raw_table, correction=False).statistic
+    assert feature.statistic == pytest.approx(want)
+    assert feature.p_value is not None and 0.2 < feature.p_value < 1 and not feature.drifted
     raw = ChiSquareDetector({"c": ref}, min_expected=0).test({"c": cur}).features[0]
     assert raw.statistic > 0 and raw.p_value is not None and raw.p_value < 1
 
