@@ -3,8 +3,7 @@
 #   Debian packages (Prometheus, Alertmanager, PostgreSQL, Java/Maven if missing), the
 #   Kafka jars from Maven Central (cached), driftline with its test extras, then ruff and
 #   mypy (the quality gate), then pytest.
-# Extra arguments go to pytest, e.g. scripts/test.sh -k kafka -x (DRIFTLINE_TEST_WORKERS=0:
-# no worker processes)
+# Extra arguments go to pytest (then in one process), e.g. scripts/test.sh -k kafka -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +18,25 @@ for pkg in monitor detectors embeddings training; do [[ -d "$pkg" ]] && packages
 echo "test.sh: mypy ${packages[*]}" >&2
 python3 -m mypy "${packages[@]}"
 
-# Two workers (DRIFTLINE_TEST_WORKERS): every test that needs a real service runs on one of
-# them, in order (one xdist group, see tests/conftest.py); the CPU-bound rest fills the other.
-exec python3 -m pytest -n "${DRIFTLINE_TEST_WORKERS:-2}" --dist loadgroup "$@"
+# With no arguments (CI): two pytest processes side by side, each with its own temporary
+# folder. tests/integration (real services, mostly waiting on them) runs in order in one; the
+# CPU-bound unit tests run in the other, their output printed when both are done. With
+# arguments: one pytest process, as asked.
+if [[ $# -gt 0 || "${DRIFTLINE_TEST_SERIAL:-0}" == 1 ]]; then
+  exec python3 -m pytest "$@"
+fi
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/driftline-tests.XXXXXX")
+python3 -m pytest -p no:cacheprovider --basetemp "$tmp/unit" --ignore=tests/integration \
+  >"$tmp/unit.log" 2>&1 &
+unit_pid=$!
+set +e
+python3 -m pytest -p no:cacheprovider --basetemp "$tmp/integration" tests/integration
+integration_rc=$?
+wait "$unit_pid"
+unit_rc=$?
+set -e
+echo "=================== unit tests (run beside the integration tests) ==================="
+cat "$tmp/unit.log"
+echo "test.sh: integration tests exit $integration_rc, unit tests exit $unit_rc" >&2
+rm -rf "$tmp"
+(( integration_rc == 0 && unit_rc == 0 ))

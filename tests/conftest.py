@@ -49,26 +49,6 @@ def _slug(request: pytest.FixtureRequest, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:limit]
 
 
-# --- scheduling under pytest-xdist ------------------------------------------------------------
-
-#: Fixtures that start a real service. Tests using them (and everything in tests/integration)
-#: share one xdist group, so under ``-n 2 --dist loadgroup`` they run on one worker, in order,
-#: against one broker/cluster as without xdist, while the CPU-bound unit tests fill the other.
-SERVICE_FIXTURES = frozenset({"kafka_broker", "kafka_topic", "postgres_server", "postgres_url",
-                              "prometheus_factory", "alertmanager_factory", "fresh_db",
-                              "ray_head"})
-_INTEGRATION_DIR = Path(_TESTS_DIR) / "integration"
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        in_integration = _INTEGRATION_DIR in Path(str(item.fspath)).parents
-        if in_integration or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("services"))
-
-
 # --- Kafka -----------------------------------------------------------------------------------
 
 
