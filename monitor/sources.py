@@ -6,12 +6,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
+
 from monitor.windows import TopicPartition
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One raw record with its coordinates; ``value`` is undecoded bytes."""
+class Message(msgspec.Struct, frozen=True):
+    """One raw record with its coordinates; ``value`` is undecoded bytes.
+
+    A msgspec struct, not a frozen dataclass: one is built per record, in C."""
 
     topic: str
     partition: int
