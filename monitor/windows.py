@@ -35,8 +35,14 @@ class OpenWindow:
 
     def add(self, record: Timestamped, tp: TopicPartition, offset: int) -> None:
         self.records.append(record)
-        lo, hi = self.offsets.get(tp, (offset, offset))
-        self.offsets[tp] = (min(lo, offset), max(hi, offset))
+        bounds = self.offsets.get(tp)
+        # once per record: plain comparisons, and a new tuple only when a bound moves
+        if bounds is None:
+            self.offsets[tp] = (offset, offset)
+        elif offset > bounds[1]:
+            self.offsets[tp] = (bounds[0], offset)
+        elif offset < bounds[0]:
+            self.offsets[tp] = (offset, bounds[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +100,11 @@ class CountWindows:
     def add(self, record: Timestamped, tp: TopicPartition, offset: int) -> list[ClosedWindow]:
         w = self._open
         w.add(record, tp, offset)
-        w.start = min(w.start, record.timestamp)
-        w.end = max(w.end, record.timestamp)
+        ts = record.timestamp
+        if ts < w.start:
+            w.start = ts
+        if ts > w.end:
+            w.end = ts
         if len(w.records) < self.size:
             return []
         self._open = OpenWindow(w.index + 1, math.inf, -math.inf)
