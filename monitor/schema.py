@@ -43,8 +43,10 @@ Scalar = float | int | str | bool
 MAX_DEPTH = 16
 
 
-class InferenceRecord(msgspec.Struct, frozen=True):
-    # A msgspec struct, not a frozen dataclass: built in C, about 20x faster per record.
+class InferenceRecord(msgspec.Struct, frozen=True, gc=False):
+    # A msgspec struct, not a frozen dataclass: built in C (about 10x faster), and
+    # untracked by the garbage collector (it holds no cycles), which a full window of
+    # records would otherwise keep busy.
     model: str
     model_version: str
     request_id: str

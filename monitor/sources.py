@@ -11,10 +11,11 @@ import msgspec
 from monitor.windows import TopicPartition
 
 
-class Message(msgspec.Struct, frozen=True):
+class Message(msgspec.Struct, frozen=True, gc=False):
     """One raw record with its coordinates; ``value`` is undecoded bytes.
 
-    A msgspec struct, not a frozen dataclass: one is built per record, in C."""
+    A msgspec struct, not a frozen dataclass: one is built per record, in C, and it is not
+    tracked by the garbage collector (it holds no reference cycles)."""
 
     topic: str
     partition: int
