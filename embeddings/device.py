@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from embeddings._deps import require_torch
 from embeddings.errors import DeviceError
 
-__all__ = ["PRECISIONS", "autocast", "resolve_device", "resolve_precision"]
+__all__ = ["BF16_CPU_FLAGS", "PRECISIONS", "autocast", "cpu_flags", "native_bf16_flags",
+           "resolve_device", "resolve_precision"]
+
+log = logging.getLogger("driftline.embeddings")
+
+#: /proc/cpuinfo flags of x86 CPUs that compute bf16 natively (AMX tiles, AVX-512 BF16).
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _CUDA = re.compile(r"cuda(?::(\d+))?")
@@ -46,12 +55,32 @@ def resolve_device(device: str = "auto") -> Any:
     return torch.device("cuda", index)
 
 
-def resolve_precision(precision: str, device: Any) -> Any:
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``); empty where they cannot be read."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def native_bf16_flags(flags: Iterable[str] | None = None) -> frozenset[str]:
+    """Which of :data:`BF16_CPU_FLAGS` the CPU has (``flags``: this machine's by default)."""
+    return BF16_CPU_FLAGS & frozenset(cpu_flags() if flags is None else flags)
+
+
+def resolve_precision(precision: str, device: Any,
+                      cpu_flag_set: Iterable[str] | None = None) -> Any:
     """The autocast dtype for ``precision`` on ``device``; ``None`` means plain fp32.
 
-    ``"auto"``: bf16 on CUDA devices that support it, fp16 on older ones, fp32 on the CPU
-    (CPU autocast is rarely faster and changes the numbers). ``"fp32"`` disables autocast;
-    ``"bf16"``/``"fp16"`` force it on any device.
+    ``"auto"``: bf16 on CUDA devices that support it, fp16 on older ones; on the CPU bf16
+    where it has native bf16 (AMX or AVX-512 BF16: 2.2-3x faster than fp32 for MiniLM and
+    ResNet-18, cosine >= 0.99998 to fp32), else fp32 (emulated bf16 is slower and changes the
+    numbers). The CPU choice is logged. ``"fp32"`` disables autocast; ``"bf16"``/``"fp16"``
+    force it on any device. ``cpu_flag_set`` overrides the detected CPU flags (tests).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -62,6 +91,15 @@ def resolve_precision(precision: str, device: Any) -> Any:
         return torch.bfloat16
     if precision == "fp16":
         return torch.float16
+    if device.type == "cpu":
+        native = native_bf16_flags(cpu_flag_set)
+        if native:
+            log.info("precision auto on the CPU: bf16 (native bf16: %s)",
+                     ", ".join(sorted(native)))
+            return torch.bfloat16
+        log.info("precision auto on the CPU: fp32 (no AMX or AVX-512 BF16 flags; "
+                 "precision: bf16 forces it)")
+        return None
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

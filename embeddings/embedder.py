@@ -72,7 +72,8 @@ class TorchEmbedder:
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; CUDA asked for and missing raises
         :class:`~embeddings.errors.DeviceError`.
     precision : {"auto", "fp32", "bf16", "fp16"}, default "auto"
-        Autocast dtype; ``"auto"`` is bf16 (fp16 where unsupported) on CUDA, fp32 on the CPU.
+        Autocast dtype; ``"auto"`` is bf16 (fp16 where unsupported) on CUDA, and on the CPU
+        bf16 where it has native bf16 (AMX, AVX-512 BF16), else fp32.
     max_batch_size, min_batch_size : int, default 64 and 1
         Starting batch size, and the floor of the out-of-memory back-off.
     prefetch : int, default 2

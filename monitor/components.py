@@ -37,7 +37,7 @@ from monitor.settings import (
     ModelSettings,
     StreamingDetectorSettings,
 )
-from monitor.windows import ClosedWindow
+from monitor.windows import ClosedWindow, feature_columns
 
 __all__ = [
     "BaseComponent",
@@ -141,9 +141,7 @@ class FeatureTest(BaseComponent):
         self._untested = {kind: (features, tuple(n_reference), *_threshold(detector))}
 
     def columns(self, window: ClosedWindow) -> dict[str, np.ndarray]:
-        return {n: np.asarray([r.features[n] for r in window.records],
-                              dtype=np.float64 if self._numeric[n] else object)
-                for n in self.features}
+        return feature_columns(window.records, self.features, self._numeric)
 
     def test(self, window: ClosedWindow) -> list[DriftResult]:
         return [self.detector.test(self.columns(window))]

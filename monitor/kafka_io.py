@@ -105,11 +105,13 @@ class KafkaSource:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
         out: list[Message] = []
         for tp, records in batches.items():
-            for r in records:
-                out.append(Message(tp.topic, tp.partition, r.offset, r.value, r.key,
-                                   tuple((k, v or b"") for k, v in (r.headers or ())),
-                                   r.timestamp / 1000 if r.timestamp and r.timestamp > 0
-                                   else None))
+            topic, partition = tp.topic, tp.partition
+            for r in records:  # once per record: no generator unless there are headers
+                headers = r.headers
+                ts = r.timestamp
+                out.append(Message(topic, partition, r.offset, r.value, r.key,
+                                   tuple((k, v or b"") for k, v in headers) if headers else (),
+                                   ts / 1000 if ts and ts > 0 else None))
         return out
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:

@@ -16,7 +16,9 @@ rebalance a daemon stops exporting (and alerting on) models another daemon now r
 from __future__ import annotations
 
 import threading
+from collections import Counter as CounterType
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -207,6 +209,18 @@ class Metrics:
             "link to (settings alerts.dashboard_url, alerts.runbook_url).",
             ["model", "dashboard_url", "runbook_url"], registry=r,
         )
+
+    @contextmanager
+    def consumed_per_batch(self) -> Iterator[CounterType[str]]:
+        """Counts a batch's records per model, added to ``records_consumed`` once at the end.
+
+        One ``inc()`` per record took 13% of ingest (a lock and a label lookup each)."""
+        counts: CounterType[str] = CounterType()
+        try:
+            yield counts
+        finally:
+            for model, n in counts.items():
+                self.records_consumed.labels(model=model).inc(n)
 
     def prime(self, models: Iterable[tuple[str, Iterable[str]]],
               sinks: Iterable[str] = (),

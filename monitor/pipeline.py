@@ -155,6 +155,7 @@ class Pipeline:
         # (monitor.champion), so it is counted as "superseded" and kept out of the windows.
         self.admit_label: Callable[[Joined], bool] | None = None
         self.rejected: Counter[str] = Counter()
+        self._consumed: Counter[str] = Counter()  # this batch's records, per model
         self.skipped_replayed = 0
         self._stop = threading.Event()  # the running loop's stop event
         self._was_connected = True
@@ -206,7 +207,7 @@ class Pipeline:
         if held:  # records a keep-alive poll returned: they come first
             batch = [*held, *batch]
         closed: list[Job] = []
-        with self._timed("decode"):
+        with self._timed("decode"), self.metrics.consumed_per_batch() as self._consumed:
             for msg in batch:
                 tp = (msg.topic, msg.partition)
                 self.checkpoint.read(tp, msg.offset)
@@ -244,7 +245,7 @@ class Pipeline:
             self.on_record_error(msg, err)
             return []
         if self.checkpoint.count_once(tp, msg.offset):  # re-read after a rewind: count once
-            self.metrics.records_consumed.labels(model=record.model).inc()
+            self._consumed[record.model] += 1  # added to the counter once per batch
         return closed
 
     def _handle_label(self, msg: Message) -> None:

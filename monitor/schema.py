@@ -26,11 +26,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import msgspec
 import numpy as np
 
 from monitor.errors import RecordError
+
+if TYPE_CHECKING:
+    from monitor.fastdecode import FastDecoder
 
 FeatureKind = Literal["numeric", "categorical"]
 Scalar = float | int | str | bool
@@ -39,8 +43,10 @@ Scalar = float | int | str | bool
 MAX_DEPTH = 16
 
 
-@dataclass(frozen=True, slots=True)
-class InferenceRecord:
+class InferenceRecord(msgspec.Struct, frozen=True, gc=False):
+    # A msgspec struct, not a frozen dataclass: built in C (about 10x faster), and
+    # untracked by the garbage collector (it holds no cycles), which a full window of
+    # records would otherwise keep busy.
     model: str
     model_version: str
     request_id: str
@@ -215,7 +221,7 @@ class Decoder:
     """Validates raw bytes into records for the configured models."""
 
     def __init__(self, models: Mapping[str, ModelSchema], max_bytes: int = 1 << 20,
-                 time_bounds: TimeBounds | None = None) -> None:
+                 time_bounds: TimeBounds | None = None, *, native: bool = True) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self._models = dict(models)
@@ -224,9 +230,24 @@ class Decoder:
         self._time = time_bounds or TimeBounds(max_future_seconds=None)
         self._array_bounds = {name: _array_bound(m.input_dtype)
                               for name, m in self._models.items() if m.input_kind == "array"}
+        # The msgspec fast path accepts the common case; anything else comes here (native=False:
+        # the Python decoder alone, the oracle in tests and benchmarks).
+        self._fast: FastDecoder | None = None
+        if native:
+            from monitor.fastdecode import FastDecoder  # it builds on this module's types
+            self._fast = FastDecoder(self._models, max_bytes, self._time, self._check_input)
 
     def decode(self, value: bytes | None, broker_timestamp: float | None = None
                ) -> InferenceRecord:
+        if self._fast is not None:
+            record = self._fast.decode(value, broker_timestamp)
+            if record is not None:
+                return record
+        return self.decode_python(value, broker_timestamp)
+
+    def decode_python(self, value: bytes | None, broker_timestamp: float | None = None
+                      ) -> InferenceRecord:
+        """The Python decoder: the authority on every rejection reason and detail."""
         doc = parse_json_object(value, self._max_bytes)
         model = _string(doc, "model")
         assert model is not None

@@ -6,12 +6,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
+
 from monitor.windows import TopicPartition
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One raw record with its coordinates; ``value`` is undecoded bytes."""
+class Message(msgspec.Struct, frozen=True, gc=False):
+    """One raw record with its coordinates; ``value`` is undecoded bytes.
+
+    A msgspec struct, not a frozen dataclass: one is built per record, in C, and it is not
+    tracked by the garbage collector (it holds no reference cycles)."""
 
     topic: str
     partition: int

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from monitor.errors import RecordError
 from monitor.schema import InferenceRecord
-from monitor.windows import CountWindows, TimeWindows
+from monitor.windows import CountWindows, TimeWindows, feature_columns
 
 
 def rec(ts: float) -> InferenceRecord:
@@ -40,3 +41,20 @@ def test_time_windows_resume_after_restart() -> None:
     with pytest.raises(RecordError):
         w.add(rec(45.0), ("t", 0), 0)
     assert w.add(rec(55.0), ("t", 0), 1) == []
+
+
+def test_feature_columns_match_per_record_columns() -> None:
+    records = [InferenceRecord("m", "1", str(i), float(i),
+                               {"x": i / 3, "c": f"k{i % 3}", "y": -float(i), "d": "z"}, 1)
+               for i in range(7)]
+    for names in (("x", "c", "y", "d"), ("x",), ("c",), ("d", "y")):
+        numeric = {n: n in ("x", "y") for n in names}
+        got = feature_columns(records, names, numeric)
+        assert list(got) == list(names)
+        for n in names:
+            want = np.asarray([r.features[n] for r in records],
+                              dtype=np.float64 if numeric[n] else object)
+            assert got[n].dtype == want.dtype and got[n].flags.c_contiguous
+            assert np.array_equal(got[n], want)
+    empty = feature_columns([], ("x", "c"), {"x": True, "c": False})
+    assert empty["x"].shape == (0,) and empty["c"].dtype == object

@@ -244,7 +244,7 @@ def test_unknown_device_strings(device: str) -> None:
 
 def test_precision(monkeypatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert resolve_precision("auto", cpu) is None
+    assert resolve_precision("auto", cpu, cpu_flag_set=()) is None
     assert resolve_precision("fp32", cuda) is None
     assert resolve_precision("bf16", cpu) is torch.bfloat16
     assert resolve_precision("fp16", cuda) is torch.float16

@@ -1,0 +1,221 @@
+"""Ingest from a real broker: Kafka's own consumer tool, a bare client loop and `driftline run`.
+
+Starts a local single-node broker as the tests do (``scripts/kafka.sh``, jars from Maven
+Central, cached), produces ``--records`` synthetic inference records (about 300 bytes each,
+7 features, uncompressed) to one topic, then reads them all, one reader after another, side by
+side in one run:
+
+* Kafka's consumer performance tool (``org.apache.kafka.tools.ConsumerPerformance`` from the
+  ``kafka-tools`` jar, fetched from Maven Central next to the broker's jars);
+* a bare kafka-python loop, without and with ``json.loads`` of each value;
+* ``driftline run`` (SQLite storage, 10,000-record count windows, KS and chi-square) until it
+  has consumed every record; with ``--baseline-root DIR`` also the daemon of another checkout
+  (e.g. the main branch) for a before/after in the same run.
+
+Rates are records/s from the first record read to the last (group joins and the JVM's or
+daemon's start-up excluded; the daemon's end is the first ``/metrics`` scrape, every 0.1 s,
+that shows all records consumed).
+
+    python benchmarks/bench_ingest_kafka.py [--records 1000000] [--baseline-root /work/main]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+from kafka import KafkaConsumer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from services.kafka import KAFKA_SH, KafkaBroker  # noqa: E402
+from services.ports import free_port  # noqa: E402
+
+from monitor.synthetic import SyntheticStream  # noqa: E402
+
+WINDOW = 10_000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--baseline-root", type=Path, default=None,
+                    help="another checkout whose `driftline run` is measured too")
+    args = ap.parse_args()
+    n = args.records
+    stream = SyntheticStream(seed=1, drift_at=n // 2)
+    rows: list[tuple[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        broker = KafkaBroker(tmp / "kafka")
+        broker.start()
+        try:
+            broker.create_topic("logs", args.partitions)
+            t0 = time.perf_counter()
+            produce_records(broker.bootstrap, stream, n, tmp)
+            produce_s = time.perf_counter() - t0
+            mb = n * len(next(stream.encoded(1))) / 1e6
+            rows.append(("Kafka ConsumerPerformance (Java)",
+                         consumer_perf(broker.bootstrap, n, tmp)))
+            rows.append(("kafka-python loop", bare_loop(broker.bootstrap, n, decode=False)))
+            rows.append(("kafka-python loop + json.loads",
+                         bare_loop(broker.bootstrap, n, decode=True)))
+            rows.append(("driftline run (this checkout)",
+                         daemon(ROOT, broker.bootstrap, stream, n, tmp / "d-this")))
+            if args.baseline_root is not None:
+                rows.append((f"driftline run ({args.baseline_root})",
+                             daemon(args.baseline_root.resolve(), broker.bootstrap, stream, n,
+                                    tmp / "d-base")))
+        finally:
+            broker.stop()
+
+    print(f"# ingest from a local broker: {n:,} records (~{mb:.0f} MB JSON, uncompressed), "
+          f"{args.partitions} partitions, produced in {produce_s:.0f} s")
+    print(f"# {cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}")
+    tool = rows[0][1]
+    bare = rows[1][1]
+    print(f"| {'reader':<40} | {'records/s':>10} | {'/ Kafka tool':>12} | {'/ bare loop':>11} |")
+    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 14}|{'-' * 13}|")
+    for label, rate in rows:
+        print(f"| {label:<40} | {rate:>10,.0f} | {rate / tool:>11.1%} | {rate / bare:>10.1%} |")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def tools_classpath() -> str:
+    """The broker's jars plus ``kafka-tools`` (not a broker dependency), both cached."""
+    libs = Path(subprocess.run([str(KAFKA_SH), "fetch"], capture_output=True, text=True,
+                               check=True).stdout.strip())
+    version = re.search(r"kafka_2\.13-([^ ]+)\.jar", " ".join(p.name for p in libs.iterdir()))
+    assert version, f"no kafka_2.13 jar in {libs}"
+    tools = libs.parent / "tools"
+    jar = tools / f"kafka-tools-{version.group(1)}.jar"
+    if not jar.exists():
+        subprocess.run(["mvn", "-B", "-q", "dependency:copy",
+                        f"-Dartifact=org.apache.kafka:kafka-tools:{version.group(1)}",
+                        f"-DoutputDirectory={tools}"], check=True)
+    return f"{libs}/*:{tools}/*"
+
+
+def produce_records(bootstrap: str, stream: SyntheticStream, n: int, tmp: Path) -> None:
+    """``n`` records with Kafka's ProducerPerformance (kafka-python would take minutes).
+
+    It sends payloads drawn at random from a file: up to 200,000 distinct records here, so
+    records repeat in a bigger run (count windows do not mind the order)."""
+    payloads = tmp / "payloads.jsonl"
+    with payloads.open("wb") as fh:
+        for v in stream.encoded(min(n, 200_000)):
+            fh.write(v + b"\n")
+    subprocess.run(
+        ["java", "-Xmx512m", "-cp", tools_classpath(),
+         "org.apache.kafka.tools.ProducerPerformance", "--topic", "logs",
+         "--num-records", str(n), "--throughput", "-1", "--payload-file", str(payloads),
+         "--producer-props", f"bootstrap.servers={bootstrap}", "acks=1", "linger.ms=20",
+         "batch.size=262144"], capture_output=True, text=True, check=True, cwd=tmp)
+
+
+def consumer_perf(bootstrap: str, n: int, tmp: Path) -> float:
+    out = subprocess.run(
+        ["java", "-Xmx512m", "-cp", tools_classpath(),
+         "org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", bootstrap,
+         "--topic", "logs", "--messages", str(n), "--group", "perf-tool",
+         "--timeout", "60000"],
+        capture_output=True, text=True, check=True, cwd=tmp).stdout
+    lines = [ln for ln in out.splitlines() if "," in ln and "WARN" not in ln]
+    if len(lines) != 2:
+        raise RuntimeError(f"unexpected ConsumerPerformance output:\n{out}")
+    header, values = lines
+    stats = dict(zip((h.strip() for h in header.split(",")),
+                     (v.strip() for v in values.split(",")), strict=False))
+    assert int(stats["data.consumed.in.nMsg"]) >= n, out
+    return float(stats["fetch.nMsg.sec"])  # excludes the group join, like the rows below
+
+
+def bare_loop(bootstrap: str, n: int, *, decode: bool) -> float:
+    consumer = KafkaConsumer("logs", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             group_id=f"bare-{decode}", enable_auto_commit=False)
+    got = 0
+    first = 0.0
+    try:
+        while got < n:
+            for records in consumer.poll(timeout_ms=1000).values():
+                if not got:
+                    first = time.perf_counter()
+                for r in records:
+                    if decode:
+                        json.loads(r.value)
+                got += len(records)
+        return n / (time.perf_counter() - first)
+    finally:
+        consumer.close()
+
+
+def daemon(root: Path, bootstrap: str, stream: SyntheticStream, n: int, work: Path) -> float:
+    work.mkdir()
+    port = free_port()
+    ref = stream.write_reference_csv(work / "reference.csv", 10_000)
+    config = work / "driftline.yml"
+    config.write_text(yaml.safe_dump({
+        "source": {"kafka": {"bootstrap_servers": bootstrap, "topics": ["logs"],
+                             "group_id": f"daemon-{work.name}",
+                             "dead_letter_topic": f"dead-{work.name}"}},
+        "metrics": {"address": "127.0.0.1", "port": port},
+        "storage": {"url": f"sqlite:///{work / 'driftline.db'}"},
+        "log_level": "WARNING",
+        "models": [stream.settings_doc(ref, WINDOW)]}, sort_keys=False))
+    with (work / "daemon.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--config",
+                                 str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=work,
+                                env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        first, at_first = 0.0, 0.0
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon exited: {(work / 'daemon.log').read_text()[-3000:]}")
+            done = consumed(port)
+            now = time.perf_counter()
+            if done and not first:
+                first, at_first = now, done
+            if done >= n:
+                return (n - at_first) / (now - first)
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def consumed(port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("driftline_records_consumed_total{"))
+
+
+if __name__ == "__main__":
+    main()
