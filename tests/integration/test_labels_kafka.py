@@ -112,8 +112,9 @@ def test_labels_join_predictions_across_a_crash(kafka_broker, postgres_server, t
             assert flagged and DRIFT_FROM // 1000 <= flagged[0] <= DRIFT_FROM // 1000 + 1, \
                 (name, flagged)
         states = store.detector_states()[("labels", STREAM.model)]
-        assert sorted(states) == ["adwin", "ddm"]
+        assert sorted(states) == ["adwin", "ddm", "model"]  # model: the verdict's k-of-n
         assert json.loads(states["ddm"])["detector"] == "ddm"
+        assert len(json.loads(states["model"])["verdicts"]) >= 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -27,6 +28,9 @@ class RayHead:
         self.ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
         self.address = ""
         self.proc: subprocess.Popen[bytes] | None = None
+        # Ray puts unix sockets under its temp dir, and a socket path may not exceed ~107
+        # bytes: a short folder of its own, not the (deep) pytest temporary folder.
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
 
     def start(self, timeout: float = 180.0) -> None:
         port, dashboard = free_port(), free_port()
@@ -35,7 +39,7 @@ class RayHead:
             self.proc = subprocess.Popen(
                 [self.ray, "start", "--head", "--block", f"--port={port}",
                  f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=1",
-                 "--disable-usage-stats", f"--temp-dir={self.tmp}"],
+                 "--disable-usage-stats", f"--temp-dir={self.ray_tmp}"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         except FileNotFoundError:
@@ -68,3 +72,4 @@ class RayHead:
                 self.proc.wait(timeout=wait)
                 break
         self.proc = None
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
