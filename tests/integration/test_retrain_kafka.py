@@ -309,14 +309,17 @@ def test_one_request_and_one_run_per_backend_through_kills(
           f"labels, drift at record {DRIFT_AT:,} (label window {drift_window}); kills "
           f"{kills}; wall {wall:.0f}s\n" + "\n".join(lines))
 
+    # Label windows hold joined pairs in join order: around a kill, labels whose predictions
+    # were not stored yet join later, so the last pre-drift window may hold drifted pairs.
+    # Nothing flags before that window.
     perf = [x for x in labels_rows if x["detector"] == "performance"]
-    assert not any(x["drifted"] for x in perf if x["window_index"] < drift_window), perf
+    assert not any(x["drifted"] for x in perf if x["window_index"] < drift_window - 1), perf
     for b in BACKENDS:
         rs = by_model.get(model_of[b], [])
         assert len(rs) == 1, (b, rs)
         (r,) = rs
         assert r.action == "retrain" and r.state in FINAL[b], (b, r)
-        assert r.first_stream == "labels" and r.first_window >= drift_window, (b, r)
+        assert r.first_stream == "labels" and r.first_window >= drift_window - 1, (b, r)
         assert r.labelled >= 500, (b, r)
         assert runs[b] == [r.id], (b, runs[b], r.id)
     assert ray_file.read_text().split() == [by_model[model_of["ray"]][0].id]
