@@ -227,7 +227,11 @@ EOF
   if [[ ! -f "$DIR/data/meta.properties" ]]; then
     local cluster_id
     # A Kafka cluster id is a 16-byte UUID in URL-safe base64 without padding (22 chars).
-    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    # One in 64 starts with '-', which the tool's argument parser takes for an option.
+    cluster_id="-"
+    while [[ "$cluster_id" == -* ]]; do
+        cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    done
     if ! "${JAVA_CMD[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
         -c "$DIR/server.properties" >"$DIR/format.log" 2>&1; then
       cat "$DIR/format.log" >&2
