@@ -22,6 +22,7 @@ from monitor.deadletter import (
     HEADER_PARTITION,
     HEADER_TOPIC,
     dead_letter_headers,
+    recovery_plan,
 )
 from monitor.errors import RecordError, SinkError, SourceError
 from monitor.settings import KafkaSettings
@@ -233,20 +234,15 @@ class KafkaDeadLetter:
         try:
             parts = consumer.partitions_for_topic(self.topic) or set()
             tps = [KafkaTP(self.topic, p) for p in sorted(parts)]
-            if not tps:
+            ends = {tp.partition: end for tp, end in consumer.end_offsets(tps).items()} \
+                if tps else {}
+            start, baselines = recovery_plan(ends, covered)
+            if not start:
                 return marks, baselines
-            ends = consumer.end_offsets(tps)
-            todo: dict[KafkaTP, int] = {}  # partition -> end offset to read up to
-            for tp in tps:
-                if tp.partition not in covered:  # never stored: what is there is not ours
-                    baselines[tp.partition] = ends[tp] - 1
-                elif covered[tp.partition] + 1 < ends[tp]:
-                    todo[tp] = ends[tp]
-            if not todo:
-                return marks, baselines
+            todo = {KafkaTP(self.topic, p): ends[p] for p in start}  # read up to the end
             consumer.assign(list(todo))
             for tp in todo:
-                consumer.seek(tp, covered[tp.partition] + 1)
+                consumer.seek(tp, start[tp.partition])
             deadline = time.monotonic() + RECOVER_TIMEOUT_S
             while todo:
                 for records in consumer.poll(timeout_ms=500).values():

@@ -44,6 +44,9 @@ from monitor.windows import ClosedWindow, CountWindows, TimeWindows, TopicPartit
 
 log = logging.getLogger("driftline.pipeline")
 
+#: Poll time of a keep-alive poll while stored state is reloaded after an outage.
+KEEP_ALIVE_POLL_S = 0.1
+
 __all__ = ["Evaluator", "ModelState", "Pipeline", "RetryPolicy", "StoredState", "StreamState",
            "Windows"]
 
@@ -141,6 +144,7 @@ class Pipeline:
         self._rewind: dict[TopicPartition, int] = {}  # set on revoke, used on assignment
         self._prepared = prepare is None
         self._restore_pending = restore is not None
+        self._paused_for_restore = False
         # Partitions the group gave this process (None: a source without a group, which
         # owns everything). Metrics export only the models read from these.
         self.assignment: set[TopicPartition] | None = None
@@ -192,10 +196,32 @@ class Pipeline:
                 return False
             self._prepared = True
         if self._restore_pending:
-            if not self.delivery.retrying(self.restore_state, stop, "sql"):
-                return False
+            try:
+                if not self.delivery.retrying(self.restore_state, stop, "sql",
+                                              between=self._keep_alive):
+                    return False
+            finally:
+                if self._paused_for_restore:
+                    self.source.resume()
+                    self._paused_for_restore = False
             self._restore_pending = False
         return True
+
+    def _keep_alive(self) -> None:
+        """While stored state cannot be read, poll with every partition paused.
+
+        The group's rebalance then completes (a revoke and its assignment can arrive in
+        separate polls) instead of waiting on this member until storage is back. A record
+        the poll still returns (from a partition it just assigned) is sought back, never
+        processed before its state is loaded."""
+        self.source.pause()
+        self._paused_for_restore = True
+        first: dict[TopicPartition, int] = {}
+        for msg in self.source.poll(KEEP_ALIVE_POLL_S):
+            first.setdefault((msg.topic, msg.partition), msg.offset)
+        self.source.pause()  # partitions that poll assigned
+        for tp, offset in first.items():
+            self.source.seek(tp, offset)
 
     def process(self, batch: Sequence[Message]) -> None:
         if not self._ready(self._stop):  # first call, or after a rebalance
