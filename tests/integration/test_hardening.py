@@ -170,15 +170,12 @@ def test_database_outage_during_start_up_and_rebalance_stops_no_daemon(
             t_down = time.monotonic()
             # b leaves: a's partitions move and it must reload stored state from storage
             before = a.log_text().count("partitions assigned")
-            seen = len(a.log_text())
             assert b.terminate() == 0, b.log_tail()
-            # a's rebalance completes in the outage when kafka-python delivers the revoke
-            # and the new assignment in one poll; when it delivers the revoke alone, the
-            # state reload waits for storage (retrying, alive, not polling) and the new
-            # assignment completes once PostgreSQL is back (checked below)
-            a.wait_for(lambda: a.log_text().count("partitions assigned") > before
-                       or "cannot read stored offsets" in a.log_text()[seen:], 60,
-                       "a's rebalance after b left, or its state reload waiting for storage")
+            # a's rebalance completes in the outage: while its state reload waits for
+            # storage it keeps polling with its partitions paused, so an assignment that
+            # kafka-python delivers in a later poll than the revoke still arrives
+            a.wait_for(lambda: a.log_text().count("partitions assigned") > before, 60,
+                       "a's rebalance after b left, during the outage")
             a.wait_for(lambda: a.http_status("/readyz") == 503, 30, "a's /readyz to say 503")
             # c starts during the outage: it must wait for the database, not exit
             c.start()
