@@ -1,0 +1,56 @@
+"""The worker's side of ``driftline run --workers N`` (see :mod:`monitor.supervisor`).
+
+Imports nothing heavy: a worker calls :func:`watch_parent` before its slow start-up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+
+log = logging.getLogger("driftline")
+
+#: Internal: the pipe a worker writes its metrics port to (set by the parent).
+WORKER_FD_ENV = "DRIFTLINE_WORKER_FD"
+#: Internal: the parent's pid, which a worker watches.
+PARENT_ENV = "DRIFTLINE_WORKER_PARENT"
+
+_PR_SET_PDEATHSIG = 1
+
+
+def watch_parent(stop: threading.Event, interval_s: float = 1.0) -> None:
+    """In a supervised worker: stop (drain, commit, exit) when the parent goes away."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): watching the parent's "
+                        "pid instead", ctypes.get_errno())
+
+    def watch() -> None:
+        while not stop.is_set():
+            if os.getppid() != int(parent):  # re-parented: the supervisor is gone
+                log.error("the supervisor (pid %s) is gone: stopping", parent)
+                stop.set()
+                return
+            stop.wait(interval_s)
+
+    threading.Thread(target=watch, name="driftline-parent-watch", daemon=True).start()
+
+
+def announce(port: int | None) -> None:
+    """In a supervised worker: tell the parent where this worker serves ``/metrics``."""
+    fd = os.environ.get(WORKER_FD_ENV)
+    if not fd or port is None:
+        return
+    try:
+        os.write(int(fd), f"{port}\n".encode())
+        os.close(int(fd))
+    except OSError as exc:  # the parent is gone: watch_parent stops this worker
+        log.warning("cannot tell the supervisor this worker's port: %s", exc)
