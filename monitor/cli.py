@@ -28,9 +28,14 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from monitor.supervised import announce, stop_on_signals, watch_parent
+
+    stop = threading.Event()
+    stop_on_signals(stop)  # before the slow imports: a SIGTERM meanwhile stops, not kills
+    watch_parent(stop)  # a worker of a supervisor stops when its parent dies
+
     from monitor.app import build_daemon, install_signal_handlers
     from monitor.settings import load_settings
-    from monitor.supervised import announce, watch_parent
     from monitor.supervisor import resolve_workers
 
     settings = load_settings(args.config)
@@ -39,11 +44,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers = resolve_workers(settings.daemon.workers, args.workers)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    stop = threading.Event()
     install_signal_handlers(stop)  # before connecting: start-up may wait on Kafka
     if workers > 1:
         return _supervise(args, settings, workers, stop)
-    watch_parent(stop)  # a worker of a supervisor stops when its parent dies
     daemon = build_daemon(settings, stop=stop, config_path=Path(args.config).resolve())
     announce(daemon.metrics_port)
     if stop.is_set():

@@ -91,10 +91,10 @@ class MergedMetrics:
                         continue
                     into.values.setdefault(_key(s.name, s.labels), []).append(s.value)
         out = []
-        for fam in families.values():
-            combine = sum if fam.type in _SUMMED else GAUGE_RULES.get(fam.name, max)
-            metric = Metric(fam.name, fam.documentation, fam.type)
-            for (name, labels), values in fam.values.items():
+        for merged in families.values():
+            combine = sum if merged.type in _SUMMED else GAUGE_RULES.get(merged.name, max)
+            metric = Metric(merged.name, merged.documentation, merged.type)
+            for (name, labels), values in merged.values.items():
                 metric.add_sample(name, dict(labels), float(combine(values)))
             out.append(metric)
         return out

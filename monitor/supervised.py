@@ -22,6 +22,12 @@ PARENT_ENV = "DRIFTLINE_WORKER_PARENT"
 _PR_SET_PDEATHSIG = 1
 
 
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT set ``stop`` (monitor.app's handlers replace these once imported)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+
+
 def watch_parent(stop: threading.Event, interval_s: float = 1.0) -> None:
     """In a supervised worker: stop (drain, commit, exit) when the parent goes away."""
     parent = os.environ.get(PARENT_ENV)

@@ -248,8 +248,11 @@ class Supervisor:
         for slot in alive:
             assert slot.proc is not None
             rc = slot.proc.wait(timeout=timeout_s)
+            self._read_port(slot)
             log.info("supervisor: worker %d stopped (exit %d)", slot.index, rc)
-            code = code or (0 if rc == 0 else 1)
+            # SIGTERM in the instant before a worker's handler exists: it had read nothing
+            clean = rc == 0 or (rc == -signal.SIGTERM and slot.port is None)
+            code = code or (0 if clean else 1)
         for slot in self.slots:
             if slot.port_pipe is not None:
                 os.close(slot.port_pipe)
