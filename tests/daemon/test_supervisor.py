@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.errors import ConfigError
 from monitor.metrics_merge import MergedMetrics, parse
 from monitor.settings import parse_settings
-from monitor.supervisor import RestartPolicy, Supervisor, cores, resolve_workers
+from monitor.supervisor import RestartPolicy, Supervisor, cores, quota_cpus, resolve_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,13 +31,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_auto_is_the_cores_and_the_flag_overrides_the_setting() -> None:
-    assert resolve_workers("auto", None) == cores() == len(os.sched_getaffinity(0))
+    assert resolve_workers("auto", None) == cores() <= len(os.sched_getaffinity(0))
     assert resolve_workers(3, None) == 3
     assert resolve_workers(3, "1") == 1
     assert resolve_workers(1, "auto") == cores()
     for bad in ("0", "-2", "two"):
         with pytest.raises(ValueError, match=f"--workers: 'auto' or a number >= 1, got '{bad}'"):
             resolve_workers("auto", bad)
+
+
+def test_a_cgroup_cpu_quota_caps_the_cores() -> None:
+    assert quota_cpus("200000 100000\n") == 2
+    assert quota_cpus("150000 100000") == 2  # 1.5 CPUs: two workers, rounded up
+    assert quota_cpus("50000 100000") == 1
+    assert quota_cpus("max 100000") is None
+    assert quota_cpus("garbage") is None
 
 
 def test_daemon_workers_setting_is_validated() -> None:
