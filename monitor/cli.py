@@ -28,12 +28,22 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from monitor.supervised import announce, stop_on_signals, watch_parent
+    from monitor.supervised import stop_on_signals
 
     stop = threading.Event()
-    stop_on_signals(stop)  # before the slow imports: a SIGTERM meanwhile stops, not kills
-    watch_parent(stop)  # a worker of a supervisor stops when its parent dies
+    # before the slow imports: a SIGTERM meanwhile stops, not kills; the previous handlers
+    # come back at the end (main() may be called in a longer-lived program, e.g. tests)
+    restore = stop_on_signals(stop)
+    try:
+        return _run(args, stop)
+    finally:
+        restore()
 
+
+def _run(args: argparse.Namespace, stop: threading.Event) -> int:
+    from monitor.supervised import announce, watch_parent
+
+    watch_parent(stop)  # a worker of a supervisor stops when its parent dies
     from monitor.app import build_daemon, install_signal_handlers
     from monitor.settings import load_settings
     from monitor.supervisor import resolve_workers

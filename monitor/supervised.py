@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 log = logging.getLogger("driftline")
 
@@ -22,10 +23,17 @@ PARENT_ENV = "DRIFTLINE_WORKER_PARENT"
 _PR_SET_PDEATHSIG = 1
 
 
-def stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM/SIGINT set ``stop`` (monitor.app's handlers replace these once imported)."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda _signum, _frame: stop.set())
+def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
+    """SIGTERM/SIGINT set ``stop`` (monitor.app's handlers replace these once imported).
+    Returns a function that puts the handlers from before this call back."""
+    previous = {sig: signal.signal(sig, lambda _signum, _frame: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
 
 
 def watch_parent(stop: threading.Event, interval_s: float = 1.0) -> None:

@@ -17,13 +17,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor.cli import main
 from monitor.errors import ConfigError
 from monitor.metrics_merge import MergedMetrics, parse
 from monitor.settings import parse_settings
 from monitor.supervisor import RestartPolicy, Supervisor, cores, quota_cpus, resolve_workers
+from monitor.synthetic import SyntheticStream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +62,19 @@ def test_daemon_workers_setting_is_validated() -> None:
         parse_settings({"models": [model], "daemon": {"workers": 0}}, env={})
     with pytest.raises(ConfigError, match="DRIFTLINE__DAEMON__WORKERS"):
         parse_settings({"models": [model]}, env={"DRIFTLINE__DAEMON__WORKERS": "many"})
+
+
+def test_run_refuses_a_bad_worker_count_and_restores_the_signal_handlers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stream = SyntheticStream(model="m", seed=1)
+    ref = stream.write_reference_csv(tmp_path / "ref.csv", 500)
+    config = tmp_path / "driftline.yml"
+    config.write_text(yaml.safe_dump({"models": [stream.settings_doc(ref, 100)]}))
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert main(["run", "--config", str(config), "--workers", "0"]) == 2
+    assert "--workers: 'auto' or a number >= 1, got '0'" in capsys.readouterr().err
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert sorted(tmp_path.iterdir()) == sorted([ref, config])  # nothing started: no database
 
 
 # --- restart policy --------------------------------------------------------------------------
