@@ -174,7 +174,10 @@ FAKE_WORKER = textwrap.dedent("""
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             data = body if self.path == "/metrics" else b'{{"ok": true}}'
-            self.send_response(200); self.end_headers(); self.wfile.write(data)
+            status = 200
+            if self.path == "/readyz" and os.path.exists(os.path.join(out, "not-ready")):
+                data, status = b'{{"ok": false, "storage_ok": false}}', 503
+            self.send_response(status); self.end_headers(); self.wfile.write(data)
         def log_message(self, *a): pass
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -248,6 +251,12 @@ def test_one_endpoint_a_killed_worker_is_restarted_and_sigterm_stops_all(
     assert _value(sup.served_port, "driftline_workers") == 2
     status, body = _get(sup.served_port, "/readyz")
     assert status == 200 and [w["worker"] for w in json.loads(body)["workers"]] == [0, 1]
+    (tmp_path / "not-ready").touch()  # e.g. a database outage: every worker says 503
+    status, body = _get(sup.served_port, "/readyz")
+    assert status == 503
+    assert [w["storage_ok"] for w in json.loads(body)["workers"]] == [False, False]
+    assert _get(sup.served_port, "/healthz")[0] == 200  # alive: not a reason to restart
+    (tmp_path / "not-ready").unlink()
 
     first = _pids(tmp_path, "started")
     victim = sup.slots[0].proc
