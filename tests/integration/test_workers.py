@@ -4,7 +4,9 @@ One supervisor, two worker processes in one consumer group, four models on four 
 every window is stored exactly once with exactly its records, one ``/metrics`` shows every
 model, a SIGKILL of one worker (restarted by the supervisor) loses and duplicates nothing,
 the group ends at lag 0, and SIGTERM to the parent stops both workers cleanly.
-About 30-40 s on 2 cores (four daemon start-ups: two workers, one restart, under load).
+Takes 52-57 s measured on the 2-core VM shared with four other jobs (load 9-11), most of it
+process start-ups (two workers, one restart that finishes starting before it can stop); the
+records themselves take a few seconds.
 """
 
 from __future__ import annotations
