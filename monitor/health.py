@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from monitor.metrics import Metrics
+if TYPE_CHECKING:  # the supervisor serves without importing the metrics (and scipy)
+    from monitor.metrics import Metrics
 
 
 @dataclass

@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from monitor.health import serve_endpoints
 from monitor.metrics_merge import MergedMetrics, parse
 from monitor.supervised import PARENT_ENV, WORKER_FD_ENV
 
@@ -176,8 +177,6 @@ class Supervisor:
     # -- lifecycle ------------------------------------------------------------------------
     def run(self) -> int:
         """Supervise until ``stop``; returns the exit status for the parent."""
-        from monitor.health import serve_endpoints  # scipy, via the metrics: not in workers
-
         server, _thread = serve_endpoints(lambda: generate_latest(self.registry), self,
                                           self.address, self.port)
         self.server, self.served_port = server, server.server_port
