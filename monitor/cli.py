@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, stop: threading.Event) -> int:
-    from monitor.supervised import announce, watch_parent
+    from monitor.supervised import announce, tag_logs, watch_parent
 
     watch_parent(stop)  # a worker of a supervisor stops when its parent dies
     from monitor.app import build_daemon, install_signal_handlers
@@ -50,6 +50,7 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
 
     settings = load_settings(args.config)
     _setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
+    tag_logs()  # a supervised worker's index in its log lines
     try:
         workers = resolve_workers(settings.daemon.workers, args.workers)
     except ValueError as exc:

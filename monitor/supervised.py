@@ -19,6 +19,8 @@ log = logging.getLogger("driftline")
 WORKER_FD_ENV = "DRIFTLINE_WORKER_FD"
 #: Internal: the parent's pid, which a worker watches.
 PARENT_ENV = "DRIFTLINE_WORKER_PARENT"
+#: Internal: the worker's index (0..N-1), shown in its log lines.
+INDEX_ENV = "DRIFTLINE_WORKER_INDEX"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -68,3 +70,29 @@ def announce(port: int | None) -> None:
         os.close(int(fd))
     except OSError as exc:  # the parent is gone: watch_parent stops this worker
         log.warning("cannot tell the supervisor this worker's port: %s", exc)
+
+
+class _WorkerTag(logging.Filter):
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index  # a JSON log line's "worker" field
+        return True
+
+
+def tag_logs() -> None:
+    """In a supervised worker: its index in every line of driftline's log handler (text:
+    ``[worker N]`` before the logger name; JSON: a ``worker`` field), since the workers
+    share the supervisor's stdout and stderr."""
+    index = os.environ.get(INDEX_ENV)
+    if index is None or not index.isdigit():
+        return
+    for handler in logging.getLogger().handlers:
+        if not getattr(handler, "_driftline", False):
+            continue  # not ours (a program embedding driftline): left alone
+        handler.addFilter(_WorkerTag(int(index)))
+        if type(handler.formatter) is logging.Formatter:  # text; JSON shows the field
+            handler.setFormatter(logging.Formatter(
+                f"%(asctime)s %(levelname)s [worker {int(index)}] %(name)s: %(message)s"))

@@ -49,7 +49,7 @@ from prometheus_client.registry import Collector
 
 from monitor.health import serve_endpoints
 from monitor.metrics_merge import MergedMetrics, parse
-from monitor.supervised import PARENT_ENV, WORKER_FD_ENV
+from monitor.supervised import INDEX_ENV, PARENT_ENV, WORKER_FD_ENV
 
 log = logging.getLogger("driftline")
 
@@ -207,7 +207,8 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         read, write = os.pipe()
-        env = {**self.env, WORKER_FD_ENV: str(write), PARENT_ENV: str(os.getpid())}
+        env = {**self.env, WORKER_FD_ENV: str(write), PARENT_ENV: str(os.getpid()),
+               INDEX_ENV: str(slot.index)}
         try:
             slot.proc = subprocess.Popen(self.command, env=env, pass_fds=(write,),
                                          stdin=subprocess.DEVNULL)

@@ -4,7 +4,9 @@ no orphans after a SIGKILL of the parent."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -25,6 +27,8 @@ from monitor.cli import main
 from monitor.errors import ConfigError
 from monitor.metrics_merge import MergedMetrics, parse
 from monitor.settings import parse_settings
+from monitor.story import JsonFormatter
+from monitor.supervised import INDEX_ENV, tag_logs
 from monitor.supervisor import RestartPolicy, Supervisor, cores, quota_cpus, resolve_workers
 from monitor.synthetic import SyntheticStream
 
@@ -75,6 +79,29 @@ def test_run_refuses_a_bad_worker_count_and_restores_the_signal_handlers(
     assert "--workers: 'auto' or a number >= 1, got '0'" in capsys.readouterr().err
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     assert sorted(tmp_path.iterdir()) == sorted([ref, config])  # nothing started: no database
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_workers_log_lines_name_the_worker(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler._driftline = True  # type: ignore[attr-defined]  # as monitor.story makes it
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        monkeypatch.setenv(INDEX_ENV, "3")
+        tag_logs()
+        logging.getLogger("driftline").warning("partitions assigned: %s", [1])
+    finally:
+        root.removeHandler(handler)
+    line = out.getvalue().strip()
+    if fmt == "json":
+        assert json.loads(line)["worker"] == 3
+        assert json.loads(line)["message"] == "partitions assigned: [1]"
+    else:
+        assert line.endswith(" WARNING [worker 3] driftline: partitions assigned: [1]")
 
 
 # --- restart policy --------------------------------------------------------------------------
