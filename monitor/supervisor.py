@@ -250,10 +250,11 @@ class Supervisor:
                                   "or start-up error; its log says which)", 2)
         delay = self.policy.delay(slot.deaths, now)
         if delay is None:
+            recent = sum(now - t <= self.policy.period_s for t in slot.deaths)
             raise WorkerExitError(
-                f"worker {slot.index} died {len(slot.deaths)} times, more than "
-                f"{self.policy.max_restarts} within {self.policy.period_s:.0f}s (last: "
-                f"{what})", 1)
+                f"worker {slot.index} died {recent} times within "
+                f"{self.policy.period_s:.0f}s, more than the {self.policy.max_restarts} "
+                f"restarts allowed (last: {what})", 1)
         log.error("supervisor: worker %d exited (%s); starting it again in %.1fs",
                   slot.index, what, delay)
         self.worker_restarts.inc()
