@@ -40,7 +40,7 @@ def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
 
 def watch_parent(stop: threading.Event, interval_s: float = 1.0) -> None:
     """In a supervised worker: stop (drain, commit, exit) when the parent goes away."""
-    parent = os.environ.get(PARENT_ENV)
+    parent = os.environ.pop(PARENT_ENV, None)  # popped: not for this worker's own children
     if not parent:
         return
     if sys.platform.startswith("linux"):
@@ -62,7 +62,7 @@ def watch_parent(stop: threading.Event, interval_s: float = 1.0) -> None:
 
 def announce(port: int | None) -> None:
     """In a supervised worker: tell the parent where this worker serves ``/metrics``."""
-    fd = os.environ.get(WORKER_FD_ENV)
+    fd = os.environ.pop(WORKER_FD_ENV, None)
     if not fd or port is None:
         return
     try:
