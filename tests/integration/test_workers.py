@@ -4,7 +4,7 @@ One supervisor, two worker processes in one consumer group, four models on four 
 every window is stored exactly once with exactly its records, one ``/metrics`` shows every
 model, a SIGKILL of one worker (restarted by the supervisor) loses and duplicates nothing,
 the group ends at lag 0, and SIGTERM to the parent stops both workers cleanly.
-Takes 52-61 s measured on the 2-core VM shared with four other jobs (load 9-13), most of it
+Takes 47-61 s measured on the 2-core VM shared with four other jobs (load 9-13), most of it
 process start-ups (two workers, one restart that finishes starting before it can stop); the
 records themselves take a few seconds.
 """
