@@ -15,7 +15,7 @@ from monitor import __version__
 from monitor.errors import ConfigError, MonitorError, SinkError
 
 if TYPE_CHECKING:
-    from monitor.settings import ModelSettings
+    from monitor.settings import ModelSettings, Settings
     from training import ModelSpec
 
 log = logging.getLogger("driftline")
@@ -28,14 +28,38 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from monitor.supervised import stop_on_signals
+
+    stop = threading.Event()
+    # before the slow imports: a SIGTERM meanwhile stops, not kills; the previous handlers
+    # come back at the end (main() may be called in a longer-lived program, e.g. tests)
+    restore = stop_on_signals(stop)
+    try:
+        return _run(args, stop)
+    finally:
+        restore()
+
+
+def _run(args: argparse.Namespace, stop: threading.Event) -> int:
+    from monitor.supervised import announce, tag_logs, watch_parent
+
+    watch_parent(stop)  # a worker of a supervisor stops when its parent dies
     from monitor.app import build_daemon, install_signal_handlers
     from monitor.settings import load_settings
+    from monitor.supervisor import resolve_workers
 
     settings = load_settings(args.config)
     _setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
-    stop = threading.Event()
+    tag_logs()  # a supervised worker's index in its log lines
+    try:
+        workers = resolve_workers(settings.daemon.workers, args.workers)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     install_signal_handlers(stop)  # before connecting: start-up may wait on Kafka
+    if workers > 1:
+        return _supervise(args, settings, workers, stop)
     daemon = build_daemon(settings, stop=stop, config_path=Path(args.config).resolve())
+    announce(daemon.metrics_port)
     if stop.is_set():
         daemon.close()
         return 0
@@ -44,6 +68,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon.run()
     log.info("stopped cleanly")
     return 0
+
+
+def _supervise(args: argparse.Namespace, settings: Settings, workers: int,
+               stop: threading.Event) -> int:
+    """``--workers N`` (N > 1): this process supervises N ``--workers 1`` processes."""
+    from monitor.app import _check_port
+    from monitor.storage import SqlStore
+    from monitor.supervisor import Supervisor, worker_command, worker_env
+
+    address, port = settings.metrics.address, settings.metrics.port
+    _check_port(address, port)  # before starting anything: a taken port fails at once
+    SqlStore(settings.storage.url).close()  # a bad URL or driver too (does not connect)
+    log.info("driftline %s: %d workers in consumer group %s", __version__, workers,
+             settings.source.kafka.group_id)
+    command = worker_command(str(Path(args.config).resolve()), log_level=args.log_level,
+                             log_format=args.log_format)
+    return Supervisor(command, workers, address=address, port=port, stop=stop,
+                      env=worker_env()).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -445,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["text", "json"],
                      help="one line of text, or one JSON object, per event (default: "
                      "log_format in the settings, text)")
+    run.add_argument("--workers", metavar="N|auto",
+                     help="consumer processes in the group, under one supervisor with one "
+                     "/metrics: auto is one per core (default: daemon.workers in the "
+                     "settings, auto); 1 runs in this process")
     run.set_defaults(fn=cmd_run)
 
     chk = sub.add_parser("check-config", help="validate a settings file and its references",

@@ -163,6 +163,7 @@ class Pipeline:
         self.skipped_replayed = 0
         self._stop = threading.Event()  # the running loop's stop event
         self._was_connected = True
+        self._lag_exported: set[tuple[str, int]] = set()  # consumer_lag series set here
         # Read at scrape time: an outage shows on /metrics even while the loop is blocked.
         metrics.source_connected.set_function(lambda: 1.0 if source.connected else 0.0)
         source.on_rebalance(self._on_revoked, self._on_assigned)
@@ -333,6 +334,13 @@ class Pipeline:
             self._was_connected = connected
         for (topic, partition), lag in self.source.lag().items():
             self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+            self._lag_exported.add((topic, partition))
+        if self.assignment is not None:
+            # A partition that moved to another member: its lag is the new owner's to
+            # export (a stale value here would add up wrong across instances or workers).
+            for topic, partition in [k for k in self._lag_exported if k not in self.assignment]:
+                self.metrics.consumer_lag.remove(topic, str(partition))
+                self._lag_exported.discard((topic, partition))
 
     # -- rebalancing ---------------------------------------------------------------------
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:

@@ -484,6 +484,20 @@ class MetricsSettings(_Strict):
     port: int = Field(default=9108, ge=0, le=65535)
 
 
+class DaemonSettings(_Strict):
+    # "auto": one consumer process per core this process may run on (see monitor.supervisor).
+    workers: Literal["auto"] | int = Field(
+        default="auto", description="Consumer processes of `driftline run`: auto (the "
+        "cores) or a number >= 1; 1 runs in-process, no supervisor.")
+
+    @field_validator("workers")
+    @classmethod
+    def _at_least_one(cls, v: Literal["auto"] | int) -> Literal["auto"] | int:
+        if v != "auto" and (isinstance(v, bool) or v < 1):
+            raise ValueError(f"must be 'auto' or a number >= 1, got {v!r}")
+        return v
+
+
 class StorageSettings(_Strict):
     url: str = "sqlite:///driftline.db"
     # Prepared reference state per model (see monitor/refstate.py); "" turns it off.
@@ -527,6 +541,7 @@ class AlertSettings(_Strict):
 class Settings(_Strict):
     source: SourceSettings = Field(default_factory=SourceSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     models: tuple[ModelSettings, ...] = Field(min_length=1)

@@ -162,7 +162,8 @@ class DaemonProc:
                  streams: Sequence[SyntheticStream], window: int, group: str | None = None,
                  consumer: Mapping[str, Any] | None = None, log_level: str = "INFO",
                  model_extra: Mapping[str, Any] | None = None,
-                 kafka_extra: Mapping[str, Any] | None = None) -> None:
+                 kafka_extra: Mapping[str, Any] | None = None, workers: int = 1) -> None:
+        self.workers = workers  # `driftline run --workers`; 1: one process, no supervisor
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bootstrap, self.topic, self.db_url = bootstrap, topic, db_url
@@ -200,7 +201,8 @@ class DaemonProc:
             fh.write(f"=== test harness: start #{self.starts} at {time.time():.3f}\n".encode())
             fh.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "monitor.cli", "run", "--config", str(self.config_path)],
+                [sys.executable, "-m", "monitor.cli", "run", "--config", str(self.config_path),
+                 "--workers", str(self.workers)],
                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                 cwd=self.workdir, env={**os.environ, "PYTHONPATH": str(ROOT)})
         register_cleanup(self, self._kill_quietly)
