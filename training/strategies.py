@@ -53,13 +53,15 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
     """Parameter-owning modules grouped into depths, top (head) first.
 
     Modules under a numbered container (``encoder.layer.3.*``, ``features.0``) form one
-    group per number; others are their own group.
+    group per number; other nested modules one group per parent (a transformer's
+    ``embeddings.word_embeddings``, ``position_embeddings`` and ``LayerNorm`` unfreeze
+    together); top-level ones are their own group.
     """
     keys: list[str] = []
     members: dict[str, list[str]] = {}
     for name, _m in _leaf_modules(model):
         match = _NUMBERED.match(name)
-        key = match.group(1) if match else name
+        key = match.group(1) if match else name.rpartition(".")[0] or name
         if key not in members:
             keys.append(key)
             members[key] = []

@@ -2,9 +2,9 @@
 
 The vocabulary is a small local file; the models are randomly initialised BERTs (hidden 32,
 2 layers). Before the drift the texts talk about food and the label is whether "red"
-(rather than "green") is in them; after it they talk about machines and the label is
-whether "blue" (rather than "yellow") is: a model trained before the drift has never seen
-the new keywords and is right about half the time, one retrained with replay learns both.
+(rather than "green") is in them ("blue" and "yellow" occur at random); after it they talk
+about machines and the label is whether "blue" (rather than "yellow") is: a model trained
+before the drift is right about half the time, one retrained with replay learns both.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ def texts(n: int, *, drifted: bool, seed: int) -> LabelledRows:
     out = []
     for label in y:
         words = [str(w) for w in rng.choice(topic, 4)] + [str(rng.choice(FILLER))]
+        if not drifted and rng.random() < 0.5:
+            # the new keywords occur before the drift too, meaning nothing yet: a deployed
+            # model knows every word (as a pretrained one would)
+            words.append(str(rng.choice(KEYWORDS["after"])))
         words.insert(int(rng.integers(0, len(words) + 1)), yes if label else no)
         out.append(" ".join(words))
     return LabelledRows(np.asarray(out, dtype=object), y.astype(np.int64),
