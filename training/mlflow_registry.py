@@ -51,12 +51,15 @@ class MlflowMirror:
         from mlflow.exceptions import MlflowException
 
         try:
-            self.client.get_registered_model(model)
+            registered = self.client.get_registered_model(model).aliases or {}
         except MlflowException:
             self.client.create_registered_model(
                 model, description="driftline retraining registry (mirrored from "
                 "the directory registry)")
-        known = self.numbers(model)
+            registered = {}
+        found = {mv.tags[_TAG]: mv for mv in self.client.search_model_versions(
+            f"name='{model}'") if _TAG in (mv.tags or {})}
+        known = {v: str(mv.version) for v, mv in found.items()}
         for info in versions:
             tags = _tags(info)
             number = known.get(info.version)
@@ -66,11 +69,10 @@ class MlflowMirror:
                     description=f"driftline {info.version} ({info.spec.kind})")
                 known[info.version] = number = str(mv.version)
             else:
-                current = self.client.get_model_version(model, number).tags
+                current = found[info.version].tags or {}
                 for key, value in tags.items():
                     if current.get(key) != value:
                         self.client.set_model_version_tag(model, number, key, value)
-        registered = self.client.get_registered_model(model).aliases or {}
         for alias in ALIASES:
             target = getattr(aliases, alias)
             number = known.get(target) if target else None
