@@ -16,9 +16,9 @@ from typing import Any
 
 from training.errors import RegistryError
 
-__all__ = ["ALIASES", "MlflowMirror"]
+__all__ = ["MlflowMirror"]
 
-ALIASES = ("champion", "previous")
+_ALIASES = ("champion", "previous")
 _TAG = "driftline.version"
 
 
@@ -73,7 +73,7 @@ class MlflowMirror:
                 for key, value in tags.items():
                     if current.get(key) != value:
                         self.client.set_model_version_tag(model, number, key, value)
-        for alias in ALIASES:
+        for alias in _ALIASES:
             target = getattr(aliases, alias)
             number = known.get(target) if target else None
             if target and number is None:

@@ -251,3 +251,54 @@ def test_minilm_with_a_head_round_trips_and_pools_like_the_embedder(tmp_path) ->
     emb = TorchEmbedder.from_sentence_transformers(tmp_path / "m", device="cpu",
                                                    max_length=32, layers=None)
     np.testing.assert_allclose(emb.embed(sample), mine, atol=1e-4)
+
+
+def test_daemon_switch_builds_a_text_versions_reference_and_embedder(
+        tmp_path, deployed_transformers) -> None:
+    """On promotion the daemon (monitor.champion) writes the text version's reference from
+    the captured raw texts, predicted by the version, and embeds with its folder."""
+    from prometheus_client import CollectorRegistry
+    from sqlalchemy.orm import Session
+
+    from monitor.champion import Champions
+    from monitor.embedding_drift import build_embedder
+    from monitor.metrics import Metrics
+    from monitor.settings import load_settings
+    from monitor.storage import SqlStore
+    from monitor.storage.models import CaptureRow
+
+    cfg = _settings(tmp_path, "transformers", deployed_transformers)
+    db = f"sqlite:///{tmp_path / 'd.db'}"
+    cfg.write_text(cfg.read_text() + f"storage: {{url: '{db}'}}\n")
+    settings = {m.name: m for m in load_settings(cfg).models}
+    store = SqlStore(db)
+    store.migrate()
+    with Session(store.engine) as s, s.begin():  # the capture the job trains on
+        s.add_all(CaptureRow(model="intent", request_id=f"r{i}", event_time=float(t),
+                             window_index=i // 100, features={"length": float(len(x))},
+                             prediction=0, label=int(y), raw_input=x)
+                  for i, (x, y, t) in enumerate(zip(DRIFTED.x, DRIFTED.y, DRIFTED.times,
+                                                    strict=True)))
+    spec = ModelSpec(kind="transformers", max_length=MAX_LENGTH)
+    result = run_job("intent", DRIFTED, registry_dir=tmp_path / "reg", model=spec,
+                     model_path=deployed_transformers,
+                     reference=LabelledRows(BEFORE.x, BEFORE.y),
+                     train=_quick_text(epochs=4))
+    assert result.status == "promoted", result.reason
+    info = Registry(tmp_path / "reg").version("intent", "v0002")
+    champions = Champions(settings, {}, store, Metrics(CollectorRegistry()),
+                          {"intent": tmp_path / "reg"})
+    try:
+        m = champions._version_settings(settings["intent"], info)
+    finally:
+        store.close()
+    assert m.embedding is not None and m.embedding.model.kind == "transformers"
+    assert m.embedding.model.path == info.weights
+    labels = (info.path / "reference" / "labels.csv").read_text().splitlines()[1:]
+    # the gate's holdout (the newest 25%), predicted by the new version: nearly all right
+    assert len(labels) == 100
+    assert np.mean([a == b for a, b in (line.split(",") for line in labels)]) > 0.9
+    lines = (info.path / "reference" / "embedding.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"input": DRIFTED.x[0]}
+    vectors = build_embedder(m.embedding).embed(list(DRIFTED.x[:4]))
+    assert vectors.shape[0] == 4 and np.all(np.isfinite(vectors))
