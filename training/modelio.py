@@ -33,8 +33,8 @@ class ModelSpec:
     ``wrapper="prior_corrected"`` marks a recalibrated challenger whose head could not
     absorb the shift (its state dict holds ``base.*`` and ``log_weights``).
     ``kind="transformers"`` / ``"sentence_transformers"``: a text classifier folder
-    (:mod:`training.text`); ``max_length`` is its token limit (None: the model's own, at
-    most 128).
+    (:mod:`training.text`); ``max_length`` is its token limit (None: the model's own, 128
+    if it names none; never beyond the model's).
     """
 
     kind: str = "state_dict"
