@@ -402,9 +402,12 @@ class Pipeline:
             found, baselines = self.dead_letter.recover(covered)
             for tp, o in found.items():
                 marks[tp] = max(marks.get(tp, -1), o)
-            if baselines:  # a dead-letter partition seen for the first time: start here
-                self._marks_store.write_dead_letter_marks(
-                    {(dl_topic, p): o for p, o in baselines.items()})
+            # Stored now: the recovered marks count as stored from here on, and a later
+            # position stored past them would keep the next restart from reading them back.
+            # A dead-letter partition seen for the first time starts at its baseline.
+            recovered = {**found, **{(dl_topic, p): o for p, o in baselines.items()}}
+            if recovered:
+                self._marks_store.write_dead_letter_marks(recovered)
                 self._marks_store.flush()
             if found:
                 log.info("dead letters written before the last stop but not yet recorded: "
