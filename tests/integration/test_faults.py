@@ -75,7 +75,8 @@ CRASH_SEED = 20_251_123
 
 @pytest.mark.timeout(900)
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(
-        kafka_broker, kafka_topic, fresh_db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        kafka_broker, kafka_topic, fresh_db, kafka_client: str,  # type: ignore[no-untyped-def]
+        tmp_path: Path) -> None:
     t_start = time.monotonic()
     cpu_start = _cpu()
     streams = make_streams(4, partitions=PARTITIONS, drift_at=30_000)
@@ -83,7 +84,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     topic = kafka_topic(PARTITIONS)
     n_windows = full_windows(counts, CRASH_WINDOW)
     common = dict(bootstrap=kafka_broker.bootstrap, topic=topic, streams=streams,
-                  window=CRASH_WINDOW)
+                  window=CRASH_WINDOW, client=kafka_client)
     reference = DaemonProc(tmp_path / "reference", db_url=fresh_db("crash_ref"), **common)
     crash = DaemonProc(tmp_path / "crash", db_url=fresh_db("crash"), **common)
     rng = random.Random(CRASH_SEED)
@@ -161,12 +162,13 @@ def _outage_workload() -> tuple[list, dict[str, int]]:
 
 @pytest.mark.timeout(600)
 def test_broker_outage_keeps_metrics_up_and_changes_no_result(
-        kafka_broker, kafka_topic, fresh_db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        kafka_broker, kafka_topic, fresh_db, kafka_client: str,  # type: ignore[no-untyped-def]
+        tmp_path: Path) -> None:
     t_start = time.monotonic()
     streams, counts = _outage_workload()
     topic = kafka_topic(PARTITIONS)
     common = dict(bootstrap=kafka_broker.bootstrap, topic=topic, streams=streams,
-                  window=OUTAGE_WINDOW)
+                  window=OUTAGE_WINDOW, client=kafka_client)
     n_windows = full_windows(counts, OUTAGE_WINDOW)
     produce_streams(kafka_broker.bootstrap, topic, streams, counts, stop=HALF)
     problems: list[str] = []  # what went wrong during the outage, reported at the very end
@@ -248,13 +250,14 @@ def test_broker_outage_keeps_metrics_up_and_changes_no_result(
 
 @pytest.mark.timeout(600)
 def test_database_outage_commits_nothing_and_changes_no_result(
-        kafka_broker, postgres_server, kafka_topic, fresh_db,
+        kafka_broker, postgres_server, kafka_topic, fresh_db, kafka_client: str,
         tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     t_start = time.monotonic()
     streams, counts = _outage_workload()
     topic = kafka_topic(PARTITIONS)
     bootstrap = kafka_broker.bootstrap
-    common = dict(bootstrap=bootstrap, topic=topic, streams=streams, window=OUTAGE_WINDOW)
+    common = dict(bootstrap=bootstrap, topic=topic, streams=streams, window=OUTAGE_WINDOW,
+                  client=kafka_client)
     n_windows = full_windows(counts, OUTAGE_WINDOW)
     produce_streams(bootstrap, topic, streams, counts, stop=HALF)
     first_half_ends = end_offsets(bootstrap, topic, PARTITIONS)

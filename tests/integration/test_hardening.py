@@ -81,7 +81,8 @@ def read_all(bootstrap: str, topic: str, partitions: int) -> list:
 
 
 def test_dead_letters_reach_the_topic_once_through_kills_and_restarts(
-        kafka_broker, kafka_topic, fresh_db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        kafka_broker, kafka_topic, fresh_db, kafka_client: str,  # type: ignore[no-untyped-def]
+        tmp_path: Path) -> None:
     rng = random.Random(SEED)
     streams = make_streams(3, partitions=PARTITIONS)
     counts = {s.model: 20_000 for s in streams}
@@ -99,7 +100,8 @@ def test_dead_letters_reach_the_topic_once_through_kills_and_restarts(
     assert len(poisoned) == n_poison == 1_500
 
     d = DaemonProc(tmp_path / "dl", bootstrap=bootstrap, topic=topic,
-                   db_url=fresh_db("deadletters"), streams=streams, window=WINDOW)
+                   db_url=fresh_db("deadletters"), streams=streams, window=WINDOW,
+                   client=kafka_client)
     stops: list[tuple[str, int]] = []
     with d:
         for i in range(7):  # 4 kills, then 3 graceful stops, at random progress
@@ -142,7 +144,7 @@ def test_dead_letters_reach_the_topic_once_through_kills_and_restarts(
 
 
 def test_database_outage_during_start_up_and_rebalance_stops_no_daemon(
-        kafka_broker, postgres_server, kafka_topic, fresh_db,
+        kafka_broker, postgres_server, kafka_topic, fresh_db, kafka_client: str,
         tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     streams = make_streams(4, partitions=PARTITIONS)
     counts = {s.model: 6_000 for s in streams}
@@ -150,7 +152,8 @@ def test_database_outage_during_start_up_and_rebalance_stops_no_daemon(
     bootstrap = kafka_broker.bootstrap
     db = fresh_db("rebalance_outage")
     produce_streams(bootstrap, topic, streams, counts, stop=3_000)
-    common = dict(bootstrap=bootstrap, topic=topic, db_url=db, streams=streams, window=WINDOW)
+    common = dict(bootstrap=bootstrap, topic=topic, db_url=db, streams=streams, window=WINDOW,
+                  client=kafka_client)
     a = DaemonProc(tmp_path / "a", group="outage-group", **common)
     b = DaemonProc(tmp_path / "b", group="outage-group", **common)
     c = DaemonProc(tmp_path / "c", group="outage-group", **common)
