@@ -67,4 +67,4 @@ def test_the_setting_picks_the_client(tmp_path: Path) -> None:
     finally:
         source.close()
         dead_letter.close()
-    assert KafkaSettings().client == "kafka-python"
+    assert KafkaSettings().client == "confluent-kafka"  # the default (README "Kafka clients")
