@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -181,7 +181,8 @@ class ConfluentSource:
             raise SourceError(f"consume failed: {exc}") from exc
         out: list[Message] = []
         append = out.append
-        for r in records:
+        # librdkafka's stubs type every field Optional; on a record without error they are set
+        for r in cast("list[Any]", records):
             err = r.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
@@ -211,7 +212,7 @@ class ConfluentSource:
         return self._net.up
 
     def lag(self) -> dict[TopicPartition, int]:
-        out = {}
+        out: dict[TopicPartition, int] = {}
         assigned = [CTP(t, p) for t, p in self._assignment]
         try:
             positions = self._consumer.position(assigned)  # local state, no request
@@ -288,7 +289,7 @@ class ConfluentDeadLetter:
 
     def send(self, msg: Message, error: RecordError) -> None:
         value = msg.value or b""
-        headers = dead_letter_headers(msg, error)
+        headers: list[Any] = dead_letter_headers(msg, error)
         if len(value) > DEAD_LETTER_MAX_VALUE:
             headers.append(("driftline.truncated_from_bytes", str(len(value)).encode()))
             value = value[:DEAD_LETTER_MAX_VALUE]
@@ -361,7 +362,7 @@ class ConfluentDeadLetter:
             consumer.assign([CTP(self.topic, p, covered[p] + 1) for p in todo])
             deadline = time.monotonic() + RECOVER_TIMEOUT_S
             while todo:
-                for r in consumer.consume(1000, 0.5):
+                for r in cast("list[Any]", consumer.consume(1000, 0.5)):
                     source = None if r.error() is not None else _source_of(r.headers() or ())
                     if source is not None:
                         key, offset = source
