@@ -7,12 +7,14 @@ side in one run:
 
 * Kafka's consumer performance tool (``org.apache.kafka.tools.ConsumerPerformance`` from the
   ``kafka-tools`` jar, fetched from Maven Central next to the broker's jars);
-* a bare kafka-python loop, without and with ``json.loads`` of each value;
+* a bare kafka-python loop and a bare confluent-kafka loop (``Consumer.consume`` batches),
+  each without and with ``json.loads`` of each value;
 * ``driftline run`` (SQLite storage, 10,000-record count windows, KS and chi-square) until it
-  has consumed every record, one process (``--workers 1``) and ``--workers N`` (N models,
-  each in its own one-partition topic, n/N records each, produced before its start); with
-  ``--baseline-root DIR`` also the daemon of another checkout (e.g. the main branch) for a
-  before/after in the same run.
+  has consumed every record, once per ``kafka.client`` (kafka-python, confluent-kafka) in
+  one process (``--workers 1``), and with ``--workers N`` (N models, each in its own
+  one-partition topic, n/N records each, produced before its start, the default client);
+  with ``--baseline-root DIR`` also the daemon of another checkout (e.g. the main branch, its
+  default client) for a before/after in the same run.
 
 Rates are records/s from the first record read to the last (group joins and the JVM's or
 daemon's start-up excluded; the daemon's end is the first ``/metrics`` scrape, every 0.1 s,
@@ -38,6 +40,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from confluent_kafka import Consumer
 from kafka import KafkaConsumer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,8 +82,14 @@ def main() -> None:
             rows.append(("kafka-python loop", bare_loop(broker.bootstrap, n, decode=False)))
             rows.append(("kafka-python loop + json.loads",
                          bare_loop(broker.bootstrap, n, decode=True)))
-            rows.append(("driftline run (this checkout)",
-                         daemon(ROOT, broker.bootstrap, stream, n, tmp / "d-this")))
+            rows.append(("confluent-kafka loop", confluent_loop(broker.bootstrap, n,
+                                                                decode=False)))
+            rows.append(("confluent-kafka loop + json.loads",
+                         confluent_loop(broker.bootstrap, n, decode=True)))
+            for client in ("kafka-python", "confluent-kafka"):
+                rows.append((f"driftline run, {client}",
+                             daemon(ROOT, broker.bootstrap, stream, n, tmp / f"d-{client}",
+                                    client=client)))
             rows.append((f"driftline run --workers {args.workers}",
                          daemon_workers(broker, stream, n, args.workers, tmp / "d-workers")))
             if args.baseline_root is not None:
@@ -179,7 +188,29 @@ def bare_loop(bootstrap: str, n: int, *, decode: bool) -> float:
         consumer.close()
 
 
-def daemon(root: Path, bootstrap: str, stream: SyntheticStream, n: int, work: Path) -> float:
+def confluent_loop(bootstrap: str, n: int, *, decode: bool) -> float:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bare-ck-{decode}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe(["logs"])
+    got = 0
+    first = 0.0
+    try:
+        while got < n:
+            batch = consumer.consume(5000, 1.0)
+            if batch and not got:
+                first = time.perf_counter()
+            for r in batch:
+                if r.error() is None:
+                    if decode:
+                        json.loads(r.value())
+                    got += 1
+        return n / (time.perf_counter() - first)
+    finally:
+        consumer.close()
+
+
+def daemon(root: Path, bootstrap: str, stream: SyntheticStream, n: int, work: Path,
+           client: str | None = None) -> float:
     work.mkdir()
     port = free_port()
     ref = stream.write_reference_csv(work / "reference.csv", 10_000)
@@ -187,7 +218,8 @@ def daemon(root: Path, bootstrap: str, stream: SyntheticStream, n: int, work: Pa
     config.write_text(yaml.safe_dump({
         "source": {"kafka": {"bootstrap_servers": bootstrap, "topics": ["logs"],
                              "group_id": f"daemon-{work.name}",
-                             "dead_letter_topic": f"dead-{work.name}"}},
+                             "dead_letter_topic": f"dead-{work.name}",
+                             **({"client": client} if client else {})}},
         "metrics": {"address": "127.0.0.1", "port": port},
         "storage": {"url": f"sqlite:///{work / 'driftline.db'}"},
         "log_level": "WARNING",

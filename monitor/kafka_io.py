@@ -1,4 +1,5 @@
-"""Kafka source, dead-letter producer and replay producer (kafka-python 3.x).
+"""Kafka source, dead-letter producer and replay producer (kafka-python 3.x), and the
+factories that pick kafka-python or confluent-kafka (:mod:`monitor.kafka_confluent`).
 
 Security settings (``security_protocol``, ``sasl_*``, ``ssl_*``) are passed through to
 kafka-python unchanged and never logged.
@@ -21,12 +22,13 @@ from monitor.deadletter import (
     HEADER_OFFSET,
     HEADER_PARTITION,
     HEADER_TOPIC,
+    RecoverableDeadLetter,
     dead_letter_headers,
     recovery_plan,
 )
 from monitor.errors import RecordError, SinkError, SourceError
 from monitor.settings import KafkaSettings
-from monitor.sources import Message, RebalanceHook
+from monitor.sources import Message, RebalanceHook, Source
 from monitor.windows import TopicPartition
 
 log = logging.getLogger("driftline.kafka")
@@ -275,6 +277,24 @@ def _source_of(headers: Iterable[tuple[str, bytes | None]]
         return (topic, int(h[HEADER_PARTITION])), int(h[HEADER_OFFSET])
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
+
+
+def make_source(settings: KafkaSettings) -> Source:
+    """The consumer of the client ``settings.client`` names."""
+    if settings.client == "confluent-kafka":
+        from monitor.kafka_confluent import ConfluentSource
+
+        return ConfluentSource(settings)
+    return KafkaSource(settings)
+
+
+def make_dead_letter(settings: KafkaSettings) -> RecoverableDeadLetter:
+    """The dead-letter producer of the client ``settings.client`` names."""
+    if settings.client == "confluent-kafka":
+        from monitor.kafka_confluent import ConfluentDeadLetter
+
+        return ConfluentDeadLetter(settings)
+    return KafkaDeadLetter(settings)
 
 
 def produce(bootstrap_servers: str, topic: str, values: Iterable[tuple[bytes | None, bytes]],
