@@ -30,7 +30,7 @@ from confluent_kafka import (
     TopicPartition as CTP,
 )
 
-from monitor.deadletter import dead_letter_headers
+from monitor.deadletter import dead_letter_headers, recovery_plan
 from monitor.errors import RecordError, SinkError, SourceError
 from monitor.kafka_io import DEAD_LETTER_MAX_VALUE, RECOVER_TIMEOUT_S, _security, _source_of
 from monitor.settings import KafkaSettings
@@ -348,18 +348,18 @@ class ConfluentDeadLetter:
             raise SinkError(f"cannot read dead-letter topic '{self.topic}': {exc}") from exc
         try:
             meta = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-            if meta is None or meta.error is not None or not meta.partitions:
+            missing = meta is None or (meta.error is not None and meta.error.code()
+                                       == KafkaError.UNKNOWN_TOPIC_OR_PART)
+            if not missing and meta.error is not None:
+                raise SinkError(f"cannot read dead-letter topic '{self.topic}': {meta.error}")
+            ends: dict[int, int] = {}
+            for p in [] if missing else sorted(meta.partitions):
+                _low, ends[p] = consumer.get_watermark_offsets(CTP(self.topic, p), timeout=10)
+            start, baselines = recovery_plan(ends, covered)
+            if not start:
                 return marks, baselines
-            todo: dict[int, int] = {}  # partition -> end offset to read up to
-            for p in sorted(meta.partitions):
-                _low, end = consumer.get_watermark_offsets(CTP(self.topic, p), timeout=10)
-                if p not in covered:  # never stored: what is there is not ours
-                    baselines[p] = end - 1
-                elif covered[p] + 1 < end:
-                    todo[p] = end
-            if not todo:
-                return marks, baselines
-            consumer.assign([CTP(self.topic, p, covered[p] + 1) for p in todo])
+            todo = {p: ends[p] for p in start}  # partition -> end offset to read up to
+            consumer.assign([CTP(self.topic, p, o) for p, o in start.items()])
             deadline = time.monotonic() + RECOVER_TIMEOUT_S
             while todo:
                 for r in cast("list[Any]", consumer.consume(1000, 0.5)):
