@@ -217,6 +217,8 @@ class Pipeline:
                     closed.extend(self._jobs("features", self._handle(msg, tp)))
             if self.join is not None:
                 closed.extend(self._jobs("labels", self._join_labels()))
+            for state in self.models.values():  # the batch's records into the columns
+                state.features.windows.seal()
         if closed:
             with self._timed("detect"):
                 self.delivery.add(self.evaluation.evaluate(closed))
