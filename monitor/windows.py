@@ -101,8 +101,11 @@ class ClosedWindow:
         return self.columns.predictions
 
     def raw_inputs(self) -> list[Any]:
-        if self.columns is None or self.columns.inputs is None:
+        if self.columns is None:
             return [r.raw_input for r in self.records]
+        if self.columns.inputs is None:  # a wiring error, not bad input
+            raise ValueError(f"model '{self.model}', window {self.index}: raw inputs were "
+                             "not kept (the window's layout has keep_inputs=False)")
         return self.columns.inputs
 
 
