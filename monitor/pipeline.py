@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Protocol
 
 from monitor.checkpoint import Checkpoint
@@ -43,6 +44,9 @@ from monitor.window_eval import Evaluator, Job, WindowEvaluation
 from monitor.windows import ClosedWindow, CountWindows, TimeWindows, TopicPartition
 
 log = logging.getLogger("driftline.pipeline")
+
+_coordinates = attrgetter("topic", "partition")
+_offset = attrgetter("offset")
 
 __all__ = ["Evaluator", "ModelState", "Pipeline", "RetryPolicy", "StoredState", "StreamState",
            "Windows"]
@@ -208,9 +212,9 @@ class Pipeline:
             batch = [*held, *batch]
         closed: list[Job] = []
         with self._timed("decode"), self.metrics.consumed_per_batch() as self._consumed:
-            for msg in batch:
-                tp = (msg.topic, msg.partition)
-                self.checkpoint.read(tp, msg.offset)
+            tps: list[TopicPartition] = list(map(_coordinates, batch))
+            self.checkpoint.read_batch(tps, list(map(_offset, batch)))  # nothing below reads it
+            for msg, tp in zip(batch, tps, strict=True):
                 if msg.topic == self.labels_topic:
                     self._handle_label(msg)
                 else:
