@@ -234,7 +234,7 @@ class Champions:
         for (name, s), (_n, new) in zip(state.streams(), fresh.streams(), strict=True):
             new.evaluator.model_version = info.version  # type: ignore[attr-defined]
             new.evaluator.load_state(saved.get(name, {}))
-            if any(w.records for w in s.windows.open_windows()):
+            if any(w.n for w in s.windows.open_windows()):
                 # the records already in the open window were predicted by the version
                 # before: that window is still evaluated as before, the next ones anew
                 s.evaluator = Handover(s.evaluator, new.evaluator, first[name])
@@ -461,7 +461,7 @@ class Handover:
 def _next_index(windows: Windows) -> int:
     """The first window that holds no record received before now."""
     if isinstance(windows, CountWindows):
-        return windows.open_index + (1 if any(w.records for w in windows.open_windows())
+        return windows.open_index + (1 if any(w.n for w in windows.open_windows())
                                      else 0)
     opened = [w.index for w in windows.open_windows()]
     if opened:

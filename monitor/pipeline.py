@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Protocol
 
 from monitor.checkpoint import Checkpoint
@@ -46,6 +47,9 @@ log = logging.getLogger("driftline.pipeline")
 
 #: Poll time of a keep-alive poll while stored state is reloaded after an outage.
 KEEP_ALIVE_POLL_S = 0.1
+
+_coordinates = attrgetter("topic", "partition")
+_offset = attrgetter("offset")
 
 __all__ = ["Evaluator", "ModelState", "Pipeline", "RetryPolicy", "StoredState", "StreamState",
            "Windows"]
@@ -235,15 +239,17 @@ class Pipeline:
             batch = [*held, *batch]
         closed: list[Job] = []
         with self._timed("decode"), self.metrics.consumed_per_batch() as self._consumed:
-            for msg in batch:
-                tp = (msg.topic, msg.partition)
-                self.checkpoint.read(tp, msg.offset)
+            tps: list[TopicPartition] = list(map(_coordinates, batch))
+            self.checkpoint.read_batch(tps, list(map(_offset, batch)))  # nothing below reads it
+            for msg, tp in zip(batch, tps, strict=True):
                 if msg.topic == self.labels_topic:
                     self._handle_label(msg)
                 else:
                     closed.extend(self._jobs("features", self._handle(msg, tp)))
             if self.join is not None:
                 closed.extend(self._jobs("labels", self._join_labels()))
+            for state in self.models.values():  # the batch's records into the columns
+                state.features.windows.seal()
         if closed:
             with self._timed("detect"):
                 self.delivery.add(self.evaluation.evaluate(closed))
