@@ -340,8 +340,7 @@ class Champions:
         # the newest record itself: a time window's ``end`` is its bound, up to a window
         # length past its newest record, and labels of the new version's predictions in
         # between would be taken for the old version's
-        ends = [max((r.timestamp for r in w.records), default=-math.inf)
-                for w in state.features.windows.open_windows()]
+        ends = [w.newest for w in state.features.windows.open_windows()]
         ends = [e for e in ends if math.isfinite(e)]
         try:
             with self._sessions() as s:

@@ -41,8 +41,12 @@ class OpenWindow:
     offsets: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     buffer: ColumnBuffer | None = None  # the columns, filled once per batch
     n: int = 0  # records added
+    newest: float = -math.inf  # the newest record's event time (columns keep no records)
 
     def add(self, record: Timestamped, tp: TopicPartition, offset: int) -> None:
+        t = record.timestamp
+        if t > self.newest:
+            self.newest = t
         if self.buffer is not None:
             self.buffer.pending.append(record)  # columns written at the batch's end
         else:

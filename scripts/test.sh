@@ -18,25 +18,41 @@ for pkg in monitor detectors embeddings training; do [[ -d "$pkg" ]] && packages
 echo "test.sh: mypy ${packages[*]}" >&2
 python3 -m mypy "${packages[@]}"
 
-# With no arguments (CI): two pytest processes side by side, each with its own temporary
-# folder. tests/integration (real services, mostly waiting on them) runs in order in one; the
-# CPU-bound unit tests run in the other, their output printed when both are done. With
-# arguments: one pytest process, as asked.
+# With no arguments (CI): three pytest processes side by side, each with its own temporary
+# folder, services (a broker, PostgreSQL... of its own) and block of ports. The integration
+# tests (real services, mostly waiting on them) run in order in two: the delivery suite under
+# faults (both Kafka clients) in one, every other integration test in the other; the
+# CPU-bound unit tests run in the third. Output of the first and third is printed when all are
+# done. With arguments: one pytest process, as asked.
 if [[ $# -gt 0 || "${DRIFTLINE_TEST_SERIAL:-0}" == 1 ]]; then
   exec python3 -m pytest "$@"
 fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/driftline-tests.XXXXXX")
-python3 -m pytest -p no:cacheprovider --basetemp "$tmp/unit" --ignore=tests/integration \
-  >"$tmp/unit.log" 2>&1 &
+export DRIFTLINE_TEST_PORT_BLOCKS=3
+faults=(tests/integration/test_faults.py tests/integration/test_hardening.py)
+common=(-p no:cacheprovider --durations=12)
+DRIFTLINE_TEST_PORT_BLOCK=0 python3 -m pytest "${common[@]}" --basetemp "$tmp/unit" \
+  --ignore=tests/integration >"$tmp/unit.log" 2>&1 &
 unit_pid=$!
+DRIFTLINE_TEST_PORT_BLOCK=1 python3 -m pytest "${common[@]}" --basetemp "$tmp/faults" \
+  "${faults[@]}" >"$tmp/faults.log" 2>&1 &
+faults_pid=$!
 set +e
-python3 -m pytest -p no:cacheprovider --basetemp "$tmp/integration" tests/integration
+ignores=()
+for f in "${faults[@]}"; do ignores+=("--ignore=$f"); done
+DRIFTLINE_TEST_PORT_BLOCK=2 python3 -m pytest "${common[@]}" --basetemp "$tmp/integration" \
+  tests/integration "${ignores[@]}"
 integration_rc=$?
+wait "$faults_pid"
+faults_rc=$?
 wait "$unit_pid"
 unit_rc=$?
 set -e
+echo "=================== integration tests under faults (run beside the others) ==================="
+cat "$tmp/faults.log"
 echo "=================== unit tests (run beside the integration tests) ==================="
 cat "$tmp/unit.log"
-echo "test.sh: integration tests exit $integration_rc, unit tests exit $unit_rc" >&2
+echo "test.sh: integration tests exit $integration_rc, under faults $faults_rc," \
+  "unit tests exit $unit_rc" >&2
 rm -rf "$tmp"
-(( integration_rc == 0 && unit_rc == 0 ))
+(( integration_rc == 0 && faults_rc == 0 && unit_rc == 0 ))
