@@ -212,6 +212,9 @@ class EmbeddingSettings(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     batch_size: int = Field(default=256, gt=0)
     n_permutations: int = Field(default=1000, ge=10)
+    test: Literal["mmd", "mmd_agg"] = Field(
+        default="mmd", description="embedding_mmd's test: mmd (median bandwidth) or mmd_agg "
+        "(five bandwidths, min-p corrected).")
     mmd_backend: Literal["numpy", "torch"] = "numpy"
     mmd_device: str = Field(default="cpu", pattern=_DEVICE,
                             description="Where embedding_mmd runs: cuda needs mmd_backend torch.")
