@@ -8,7 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from ._common import NUMERIC_KINDS, assemble, check_int, check_unit_interval, insufficient
+from ._common import (
+    NUMERIC_KINDS,
+    assemble,
+    can_reject,
+    check_int,
+    check_unit_interval,
+    insufficient,
+)
 from .backend import check_device, require_torch, resolve_device, resolve_dtype
 from .errors import InsufficientDataError
 from .results import DriftResult
@@ -227,8 +234,11 @@ class MMDDetector:
         ----------
         current : numpy.ndarray, shape (m, d)
             Numeric, same ``d`` as the reference, no NaN/inf. An empty window (``m = 0``,
-            also an empty 1-D array) or one with fewer than ``min_samples`` rows gives
-            a result with ``insufficient_data=True``. Not modified.
+            also an empty 1-D array), one with fewer than ``min_samples`` rows, or one
+            whose smallest attainable p-value is not below ``alpha`` (too few
+            ``n_permutations`` for ``alpha``, or too few distinct splits of tiny
+            samples; :meth:`MMDSetup.smallest_p_value`) gives a result with
+            ``insufficient_data=True``. Not modified.
 
         Returns
         -------
@@ -244,7 +254,7 @@ class MMDDetector:
             the reference, or holds NaN/inf.
         """
         cur = self._setup.window(current)
-        if cur.shape[0] < self.min_samples:
+        if not self._setup.decidable(cur.shape[0]):
             return insufficient(
                 self.name, (self.feature,), [self._n], [cur.shape[0]], self.alpha, "none"
             )
@@ -333,6 +343,20 @@ class MMDSetup:
         else:
             self.ops = _TorchOps(device, dtype)
         self.device, self.dtype = self.ops.device, self.ops.dtype
+
+    def smallest_p_value(self, m: int) -> float:
+        """The smallest p-value a permutation test on ``m`` window rows can give: one in
+        ``1 + n_permutations``, and no less than one in the number of distinct ways to
+        split the pooled rows (:math:`\\binom{n + m}{m}`: six for 2 + 2 rows)."""
+        m = min(m, self.max_n or m)
+        splits = math.comb(self.n + m, m)
+        return max(1.0 / (1.0 + self.n_permutations), 1.0 / splits)
+
+    def decidable(self, m: int) -> bool:
+        """Whether a window of ``m`` rows can be tested: at least ``min_samples`` rows
+        and a smallest attainable p-value below ``alpha``
+        (:func:`~detectors._common.can_reject`)."""
+        return m >= self.min_samples and can_reject(self.smallest_p_value(m), self.alpha)
 
     def window(self, current: np.ndarray, what: str = "current") -> np.ndarray:
         """``current`` validated (same columns as the reference, finite, not

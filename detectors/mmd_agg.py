@@ -141,7 +141,7 @@ class MMDAggDetector:
         :meth:`MMDDetector.test <detectors.mmd.MMDDetector.test>`; ``detector="mmd_agg"``,
         ``p_value`` the level-corrected aggregated p-value)."""
         cur = self._setup.window(current)
-        if cur.shape[0] < self.min_samples:
+        if not self._setup.decidable(cur.shape[0]):
             return insufficient(
                 self.name, (self.feature,), [self._n], [cur.shape[0]], self.alpha, "none"
             )
