@@ -349,8 +349,9 @@ class MMDSetup:
         ``1 + n_permutations``, and no less than one in the number of distinct ways to
         split the pooled rows (:math:`\\binom{n + m}{m}`: six for 2 + 2 rows)."""
         m = min(m, self.max_n or m)
-        splits = math.comb(self.n + m, m)
-        return max(1.0 / (1.0 + self.n_permutations), 1.0 / splits)
+        # log of the number of splits (lgamma: the count itself overflows a float)
+        log_splits = math.lgamma(self.n + m + 1) - math.lgamma(self.n + 1) - math.lgamma(m + 1)
+        return max(1.0 / (1.0 + self.n_permutations), math.exp(-log_splits))
 
     def decidable(self, m: int) -> bool:
         """Whether a window of ``m`` rows can be tested: at least ``min_samples`` rows

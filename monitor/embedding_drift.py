@@ -114,8 +114,8 @@ class EmbeddingDrift(BaseComponent):
         else:
             self.reducer, test = NoReduction(), hidden
         ref = self.reducer.transform(test).astype(np.float64)
-        test = MMDAggDetector if cfg.test == "mmd_agg" else MMDDetector
-        self.mmd: MMDDetector | MMDAggDetector = test(
+        mmd_test = MMDAggDetector if cfg.test == "mmd_agg" else MMDDetector
+        self.mmd: MMDDetector | MMDAggDetector = mmd_test(
             ref, alpha=alpha, n_permutations=cfg.n_permutations, backend=cfg.mmd_backend,
             device=cfg.mmd_device, feature="embedding")
         self.ks = KSDetector({f"dim_{i}": ref[:, i] for i in range(ref.shape[1])},

@@ -48,6 +48,11 @@ def test_tiny_samples_with_too_few_distinct_splits_are_insufficient() -> None:
     assert setup.smallest_p_value(1) == pytest.approx(1 / 21)  # 21 splits
     assert setup.smallest_p_value(2) == pytest.approx(max(1 / 1000, 1 / math.comb(22, 2)))
     assert not setup.decidable(1) and setup.decidable(2)
+    # large samples: the count of splits overflows a float, the bound is the permutations'
+    big = MMDSetup(rng.normal(size=(3000, 1)), alpha=0.05, n_permutations=19,
+                   backend="numpy", device="cpu", dtype=None, max_n=None, seed=0,
+                   block_size=64, min_samples=2, feature="e")
+    assert big.smallest_p_value(3000) == 1 / 20 and not big.decidable(3000)
     # 20 + 2 rows: 231 splits, enough at 5%
     assert MMDDetector(rng.normal(size=(20, 2)), n_permutations=999).test(
         rng.normal(9.0, size=(2, 2))).drifted
