@@ -445,6 +445,11 @@ class ModelSettings(_Strict):
                     raise ValueError(
                         f"detectors[{i}] ({det.kind}) needs {' or '.join(sorted(supported))} "
                         f"features, '{name}' is {kinds[name]}")
+        e = self.embedding
+        if e is not None and 1 / (e.n_permutations + 1) >= self.alpha:  # never could flag
+            raise ValueError(f"embedding: with n_permutations={e.n_permutations} the smallest "
+                             f"p-value is 1/{e.n_permutations + 1}, not below alpha="
+                             f"{self.alpha}: raise n_permutations above {int(1 / self.alpha)}")
         return self
 
 

@@ -164,3 +164,17 @@ def test_embedding_test_must_be_known(tmp_path: Path) -> None:
                            "reference": {"path": str(tmp_path / "in.jsonl")}, "test": "energy"}}
     with pytest.raises(ConfigError, match=r"embedding\.test"):
         parse_settings({"models": [model]}, env={})
+
+
+def test_embedding_permutations_must_reach_alpha(tmp_path: Path) -> None:
+    stream = SyntheticStream(seed=3)
+    model = {**stream.settings_doc(stream.write_reference_csv(tmp_path / "r.csv", 200), 50),
+             "alpha": 0.05,
+             "embedding": {"model": {"kind": "torchscript", "path": str(tmp_path / "m.pt"),
+                                     "shape": [4]},
+                           "reference": {"path": str(tmp_path / "in.jsonl")},
+                           "n_permutations": 19}}
+    with pytest.raises(ConfigError, match=r"embedding: with n_permutations=19 .*above 20"):
+        parse_settings({"models": [model]}, env={})
+    model["embedding"]["n_permutations"] = 20  # type: ignore[index]
+    assert parse_settings({"models": [model]}, env={}).models[0].embedding is not None
