@@ -7,16 +7,21 @@ side in one run:
 
 * Kafka's consumer performance tool (``org.apache.kafka.tools.ConsumerPerformance`` from the
   ``kafka-tools`` jar, fetched from Maven Central next to the broker's jars);
-* a bare kafka-python loop, without and with ``json.loads`` of each value;
+* a bare kafka-python loop and a bare confluent-kafka loop (``Consumer.consume`` batches),
+  each without and with ``json.loads`` of each value;
 * ``driftline run`` (SQLite storage, 10,000-record count windows, KS and chi-square) until it
-  has consumed every record; with ``--baseline-root DIR`` also the daemon of another checkout
-  (e.g. the main branch) for a before/after in the same run.
+  has consumed every record, once per ``kafka.client`` (kafka-python, confluent-kafka) in
+  one process (``--workers 1``), and with ``--workers N`` (N models, each in its own
+  one-partition topic, n/N records each, produced before its start, the default client);
+  with ``--baseline-root DIR`` also the daemon of another checkout (e.g. the main branch, its
+  default client) for a before/after in the same run.
 
 Rates are records/s from the first record read to the last (group joins and the JVM's or
 daemon's start-up excluded; the daemon's end is the first ``/metrics`` scrape, every 0.1 s,
 that shows all records consumed).
 
-    python benchmarks/bench_ingest_kafka.py [--records 1000000] [--baseline-root /work/main]
+    python benchmarks/bench_ingest_kafka.py [--records 1000000] [--workers N]
+        [--baseline-root /work/main]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from confluent_kafka import Consumer
 from kafka import KafkaConsumer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="N of the `driftline run --workers N` row")
     ap.add_argument("--baseline-root", type=Path, default=None,
                     help="another checkout whose `driftline run` is measured too")
     args = ap.parse_args()
@@ -74,8 +82,16 @@ def main() -> None:
             rows.append(("kafka-python loop", bare_loop(broker.bootstrap, n, decode=False)))
             rows.append(("kafka-python loop + json.loads",
                          bare_loop(broker.bootstrap, n, decode=True)))
-            rows.append(("driftline run (this checkout)",
-                         daemon(ROOT, broker.bootstrap, stream, n, tmp / "d-this")))
+            rows.append(("confluent-kafka loop", confluent_loop(broker.bootstrap, n,
+                                                                decode=False)))
+            rows.append(("confluent-kafka loop + json.loads",
+                         confluent_loop(broker.bootstrap, n, decode=True)))
+            for client in ("kafka-python", "confluent-kafka"):
+                rows.append((f"driftline run, {client}",
+                             daemon(ROOT, broker.bootstrap, stream, n, tmp / f"d-{client}",
+                                    client=client)))
+            rows.append((f"driftline run --workers {args.workers}",
+                         daemon_workers(broker, stream, n, args.workers, tmp / "d-workers")))
             if args.baseline_root is not None:
                 rows.append((f"driftline run ({args.baseline_root})",
                              daemon(args.baseline_root.resolve(), broker.bootstrap, stream, n,
@@ -172,7 +188,29 @@ def bare_loop(bootstrap: str, n: int, *, decode: bool) -> float:
         consumer.close()
 
 
-def daemon(root: Path, bootstrap: str, stream: SyntheticStream, n: int, work: Path) -> float:
+def confluent_loop(bootstrap: str, n: int, *, decode: bool) -> float:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bare-ck-{decode}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe(["logs"])
+    got = 0
+    first = 0.0
+    try:
+        while got < n:
+            batch = consumer.consume(5000, 1.0)
+            if batch and not got:
+                first = time.perf_counter()
+            for r in batch:
+                if r.error() is None:
+                    if decode:
+                        json.loads(r.value())
+                    got += 1
+        return n / (time.perf_counter() - first)
+    finally:
+        consumer.close()
+
+
+def daemon(root: Path, bootstrap: str, stream: SyntheticStream, n: int, work: Path,
+           client: str | None = None) -> float:
     work.mkdir()
     port = free_port()
     ref = stream.write_reference_csv(work / "reference.csv", 10_000)
@@ -180,14 +218,16 @@ def daemon(root: Path, bootstrap: str, stream: SyntheticStream, n: int, work: Pa
     config.write_text(yaml.safe_dump({
         "source": {"kafka": {"bootstrap_servers": bootstrap, "topics": ["logs"],
                              "group_id": f"daemon-{work.name}",
-                             "dead_letter_topic": f"dead-{work.name}"}},
+                             "dead_letter_topic": f"dead-{work.name}",
+                             **({"client": client} if client else {})}},
         "metrics": {"address": "127.0.0.1", "port": port},
         "storage": {"url": f"sqlite:///{work / 'driftline.db'}"},
         "log_level": "WARNING",
         "models": [stream.settings_doc(ref, WINDOW)]}, sort_keys=False))
     with (work / "daemon.log").open("wb") as log:
+        one = ["--workers", "1"] if root == ROOT else []  # the baseline may predate it
         proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--config",
-                                 str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=work,
+                                 str(config), *one], stdout=log, stderr=subprocess.STDOUT, cwd=work,
                                 env={**os.environ, "PYTHONPATH": str(root)})
     try:
         first, at_first = 0.0, 0.0
@@ -200,6 +240,60 @@ def daemon(root: Path, bootstrap: str, stream: SyntheticStream, n: int, work: Pa
                 first, at_first = now, done
             if done >= n:
                 return (n - at_first) / (now - first)
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def daemon_workers(broker: KafkaBroker, stream: SyntheticStream, n: int, workers: int,
+                   work: Path) -> float:
+    """``driftline run --workers N`` over N models, each alone in a one-partition topic with
+    n/N records (a model must live in one partition to be read by one worker; see README
+    "Scaling out"). Same record size and windows as the one-process row."""
+    work.mkdir()
+    port = free_port()
+    models = []
+    for i in range(workers):
+        s = SyntheticStream(model=f"w{i}", seed=100 + i, drift_at=n // workers // 2)
+        broker.create_topic(f"logs-w{i}", 1)
+        payloads = work / f"payloads-{i}.jsonl"
+        payloads.write_bytes(b"".join(v + b"\n" for v in s.encoded(min(n // workers, 200_000))))
+        subprocess.run(
+            ["java", "-Xmx512m", "-cp", tools_classpath(),
+             "org.apache.kafka.tools.ProducerPerformance", "--topic", f"logs-w{i}",
+             "--num-records", str(n // workers), "--throughput", "-1", "--payload-file",
+             str(payloads), "--producer-props", f"bootstrap.servers={broker.bootstrap}",
+             "acks=1", "linger.ms=20", "batch.size=262144"],
+            capture_output=True, text=True, check=True, cwd=work)
+        models.append(s.settings_doc(s.write_reference_csv(work / f"ref-{i}.csv", 10_000),
+                                     WINDOW))
+    config = work / "driftline.yml"
+    config.write_text(yaml.safe_dump({
+        "source": {"kafka": {"bootstrap_servers": broker.bootstrap,
+                             "topics": [f"logs-w{i}" for i in range(workers)],
+                             "group_id": "daemon-workers", "dead_letter_topic": "dead-workers"}},
+        "metrics": {"address": "127.0.0.1", "port": port},
+        "storage": {"url": f"sqlite:///{work / 'driftline.db'}"},
+        "log_level": "WARNING", "models": models}, sort_keys=False))
+    total = workers * (n // workers)
+    with (work / "daemon.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--config",
+                                 str(config), "--workers", str(workers)], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=work,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        first, at_first = 0.0, 0.0
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon exited: {(work / 'daemon.log').read_text()[-3000:]}")
+            done = consumed(port)
+            now = time.perf_counter()
+            if done and not first:
+                first, at_first = now, done
+            if done >= total:
+                return (total - at_first) / (now - first)
             time.sleep(0.1)
     finally:
         proc.terminate()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 from scipy.special import chdtrc
@@ -11,6 +11,7 @@ from scipy.stats import fisher_exact
 from ._base import PerFeatureTest
 from ._common import (
     CATEGORICAL_KINDS,
+    assemble,
     check_category_types,
     check_nonnegative,
     check_options,
@@ -129,6 +130,10 @@ class ChiSquareDetector(PerFeatureTest):
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, min_expected={self.min_expected})"
 
+    def categories(self, feature: str) -> list[Hashable]:
+        """The reference's categories of ``feature``, in order of first occurrence."""
+        return list(self._counts[feature])
+
     def test(self, current: Mapping[str, np.ndarray]) -> DriftResult:
         """Test every reference feature of ``current`` (extra keys are ignored).
 
@@ -141,17 +146,52 @@ class ChiSquareDetector(PerFeatureTest):
         """
         return self._test(current)
 
+    def test_codes(
+        self, codes: Mapping[str, np.ndarray], categories: Mapping[str, Sequence[Hashable]]
+    ) -> DriftResult:
+        """:meth:`test` on a window given as integer codes: ``categories[f][codes[f][i]]``
+        is value ``i`` of feature ``f``. Same result as :meth:`test` on the decoded values,
+        counted with one ``np.bincount`` per feature instead of a hash per value.
+
+        Raises
+        ------
+        KeyError
+            A reference feature is missing from ``codes`` or ``categories``.
+        ValueError, TypeError
+            A code column is not 1-D integers, or a code has no category.
+        """
+        counts: dict[str, dict[Hashable, int]] = {}
+        n_cur = []
+        for feature in self.features:
+            if feature not in codes or feature not in categories:
+                raise KeyError(f"current window is missing feature {feature!r}")
+            counts[feature] = count_codes(feature, codes[feature], categories[feature],
+                                          self._counts[feature])
+            n_cur.append(int(np.asarray(codes[feature]).size))
+        n_ref = [self._sizes[f] for f in self.features]
+        if min(n_cur) < self.min_samples:
+            return self._insufficient(n_ref, n_cur)
+        statistics, p_values = self._counted_statistics(counts)
+        return assemble(self.name, self.features, statistics, p_values, n_ref, n_cur,
+                        self.alpha, self.correction)
+
     def _columns(self, current: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return current_columns(current, self.features, CATEGORICAL_KINDS)
 
     def _statistics(
         self, columns: dict[str, np.ndarray], n_ref: list[int], n_cur: list[int]
     ) -> tuple[np.ndarray, np.ndarray]:
+        return self._counted_statistics(
+            {f: count_categories(f, columns[f]) for f in self.features})
+
+    def _counted_statistics(
+        self, counts: Mapping[str, dict[Hashable, int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
         statistics = np.zeros(len(self.features))
         dof = np.zeros(len(self.features))
         exact: dict[int, float | None] = {}
         for i, feature in enumerate(self.features):
-            current = count_categories(feature, columns[feature])
+            current = counts[feature]
             check_category_types(feature, self._counts[feature], current)
             statistics[i], dof[i], exact[i] = _pearson(self._counts[feature], current,
                                                        self.min_expected)
@@ -161,6 +201,39 @@ class ChiSquareDetector(PerFeatureTest):
             if p is not None:
                 p_values[i] = p
         return statistics, p_values
+
+
+def count_codes(
+    feature: str, codes: np.ndarray, categories: Sequence[Hashable],
+    known: Mapping[Hashable, int] | None = None,
+) -> dict[Hashable, int]:
+    """Category -> count from integer codes.
+
+    Categories not in ``known`` (the reference's) come in order of first occurrence in
+    ``codes``, the order :func:`~detectors._common.count_categories` gives the decoded
+    values: it is the order of the new columns of the table. ``known`` ones come first.
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 1 or codes.dtype.kind not in "iu":
+        raise TypeError(
+            f"feature {feature!r}: codes must be a 1-D integer array, got "
+            f"{codes.dtype} of shape {codes.shape}")
+    if codes.size == 0:
+        return {}
+    if int(codes.min()) < 0 or int(codes.max()) >= len(categories):
+        raise ValueError(
+            f"feature {feature!r}: codes must lie in [0, {len(categories)}) (one per "
+            f"category), got [{int(codes.min())}, {int(codes.max())}]")
+    counts = np.bincount(codes)
+    present = np.flatnonzero(counts).tolist()
+    known = known or {}
+    new = [c for c in present if categories[c] not in known]
+    if len(new) > 1:  # rare: several new categories in one window
+        mask = np.isin(codes, new)
+        seen, first = np.unique(codes[mask], return_index=True)
+        new = seen[np.argsort(first)].tolist()
+    return {categories[c]: int(counts[c])
+            for c in [*(c for c in present if categories[c] in known), *new]}
 
 
 def _pool(observed: np.ndarray, min_expected: float) -> np.ndarray:

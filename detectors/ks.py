@@ -111,9 +111,18 @@ def _ks_distance(ref: np.ndarray, ref_ecdf: np.ndarray, current: np.ndarray) -> 
     """
     cur = np.sort(np.asarray(current, dtype=np.float64))  # np.sort copies
     n1, n2 = ref.size, cur.size
-    # F1 - F2 at the reference points, where it rises, and at the current points, where it falls
+    # F1 - F2 at the reference points, where it rises
     rise = ref_ecdf - np.searchsorted(cur, ref, side="right") / n2
-    fall = np.searchsorted(ref, cur, side="right") / n1 - _right_ranks(cur) / n2
+    # ... and its minimum over the current points, where it falls. Between two reference
+    # points F1 is constant, k / n1, and F2 grows, so the minimum of a run of current
+    # points in [ref[k-1], ref[k]) is at its last one, where n2 * F2 = #{cur < ref[k]}:
+    # m + 1 binary searches into the window instead of n2 into the reference (the same
+    # integers, hence the same floats, as evaluating at every current point).
+    below = np.empty(n1 + 1, dtype=np.int64)
+    below[:n1] = np.searchsorted(cur, ref, side="left")
+    below[n1] = n2
+    runs = np.diff(below, prepend=0) > 0  # the runs that hold current points
+    fall = np.arange(n1 + 1)[runs] / n1 - below[runs] / n2
     max_s = rise.max()
     min_s = min(max(-fall.min(), 0.0), 1.0)
     return float(min_s if min_s > max_s else max_s)

@@ -32,6 +32,7 @@ __all__ = [
     "load_state_dict_model",
     "load_torchscript",
     "load_transformers",
+    "read_classifier_head",
     "resolve_factory",
 ]
 
@@ -50,6 +51,10 @@ _TOKENIZER_FILES = (
     "tokenizer.model",
 )
 _SHOWN = 10  # keys listed in a state-dict mismatch message
+# A sentence-transformers classifier's linear head (training.text.SentenceClassifier):
+# safetensors "weight" (classes, dim) and "bias" (classes,) over the sentence embedding.
+HEAD_WEIGHTS = "classifier_head.safetensors"
+HEAD_CONFIG = "classifier_head.json"
 
 
 @dataclass(frozen=True)
@@ -325,15 +330,33 @@ def load_sentence_transformers(path: str | os.PathLike[str]) -> LoadedModel:
     settings = _read_json(transformer_dir / "sentence_bert_config.json")
     base = load_transformers(transformer_dir, task="base")
     max_seq_length = settings.get("max_seq_length", base.max_seq_length)
+    # a classifier head beside the pipeline (not run here: the sentence embedding, its
+    # input, is what drift is measured on) still changes the model: fingerprint it
+    head = folder / HEAD_WEIGHTS
     return dataclasses.replace(
         base,
         kind="sentence-transformers",
         source=folder.name,
+        weight_files=(*base.weight_files, head) if head.is_file() else base.weight_files,
+        extra={"classifier_head": head} if head.is_file() else {},
         pooling=pooling or "mean",
         normalize=normalize,
         max_seq_length=int(max_seq_length) if max_seq_length else base.max_seq_length,
         lowercase=bool(settings.get("do_lower_case", False)),
     )
+
+
+def read_classifier_head(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The linear head of a sentence-transformers classifier (``classifier_head.safetensors``
+    in ``folder``: tensors ``weight`` and ``bias``), or None when the folder has none."""
+    file = Path(folder) / HEAD_WEIGHTS
+    if not file.is_file():
+        return None
+    state = dict(_read_state_dict(file))
+    if set(state) != {"weight", "bias"}:
+        raise ModelLoadError(f"{str(file)!r} must hold exactly the tensors 'weight' and "
+                             f"'bias', found {sorted(state)}")
+    return state
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -123,10 +123,10 @@ def build_daemon(
         prepare = store.migrate
 
     if source is None or dead_letter is None:
-        from monitor.kafka_io import KafkaDeadLetter, KafkaSource
+        from monitor.kafka_io import make_dead_letter, make_source
 
-        source = source or KafkaSource(settings.source.kafka)
-        dead_letter = dead_letter or KafkaDeadLetter(settings.source.kafka)
+        source = source or make_source(settings.source.kafka)
+        dead_letter = dead_letter or make_dead_letter(settings.source.kafka)
 
     # durable first, then visible; owned: read at scrape time, once `pipeline` exists below
     sinks: list[Sink] = [store, PrometheusSink(metrics, owned=lambda: pipeline.assignment)]

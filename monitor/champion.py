@@ -234,7 +234,7 @@ class Champions:
         for (name, s), (_n, new) in zip(state.streams(), fresh.streams(), strict=True):
             new.evaluator.model_version = info.version  # type: ignore[attr-defined]
             new.evaluator.load_state(saved.get(name, {}))
-            if any(w.records for w in s.windows.open_windows()):
+            if any(w.n for w in s.windows.open_windows()):
                 # the records already in the open window were predicted by the version
                 # before: that window is still evaluated as before, the next ones anew
                 s.evaluator = Handover(s.evaluator, new.evaluator, first[name])
@@ -263,9 +263,9 @@ class Champions:
             spec = info.spec
             model_update: dict[str, Any] = {}
             if spec.wrapper is None:  # a prior-corrected head keeps the deployed weights
+                # text versions are model folders (training/text.py), embedded as such
                 model_update = {"path": info.weights, "factory": spec.factory,
-                                "kind": "torchscript" if spec.kind == "torchscript"
-                                else "state-dict"}
+                                "kind": spec.kind.replace("_", "-")}
             update["embedding"] = m.embedding.model_copy(update={
                 "model": em.model_copy(update=model_update),
                 "reference": m.embedding.reference.model_copy(update={
@@ -295,9 +295,15 @@ class Champions:
         numeric = [f.name for f in m.features if f.type == "numeric"]
         _info, module = Registry(self.registries[m.name]).load(m.name, info.version)
         shape = tuple(m.embedding.model.shape or ()) if m.embedding is not None else ()
-        x = np.asarray([[float(r["features"][f]) for f in numeric] for r in rows],
-                       dtype=np.float32)
-        if shape and shape != (len(numeric),):
+        x: np.ndarray
+        if info.spec.text:  # a text model predicts from the captured raw text
+            from monitor.retrain_job import text_rows
+
+            x = text_rows(rows, f"model {m.name!r}")[0]
+        else:
+            x = np.asarray([[float(r["features"][f]) for f in numeric] for r in rows],
+                           dtype=np.float32)
+        if shape and not info.spec.text and shape != (len(numeric),):
             x = x.reshape(len(rows), *shape)
         out = predict(module, x)
         regression = (m.labels is not None and m.labels.task == "regression") or (
@@ -317,7 +323,8 @@ class Champions:
             tmp = folder / ".embedding.jsonl.tmp"
             with tmp.open("w", encoding="utf-8") as fh:
                 for r, xi in zip(rows, x, strict=True):
-                    payload = r["input"] if r["input"] is not None else xi.ravel().tolist()
+                    payload = (r["input"] if r["input"] is not None
+                               else np.ravel(xi).tolist())
                     # as an inference record's "input": a list, {"array"} or {"text"} alike
                     fh.write(json.dumps({"input": payload}) + "\n")
             tmp.replace(folder / "embedding.jsonl")
@@ -330,7 +337,12 @@ class Champions:
 
     def _newest_prediction(self, model: str, state: ModelState) -> float | None:
         """The newest record event time the daemon has seen of ``model``."""
-        ends = [w.end for w in state.features.windows.open_windows() if math.isfinite(w.end)]
+        # the newest record itself: a time window's ``end`` is its bound, up to a window
+        # length past its newest record, and labels of the new version's predictions in
+        # between would be taken for the old version's
+        ends = [max((r.timestamp for r in w.records), default=-math.inf)
+                for w in state.features.windows.open_windows()]
+        ends = [e for e in ends if math.isfinite(e)]
         try:
             with self._sessions() as s:
                 stored = s.execute(select(func.max(WindowRow.window_end))
@@ -449,7 +461,7 @@ class Handover:
 def _next_index(windows: Windows) -> int:
     """The first window that holds no record received before now."""
     if isinstance(windows, CountWindows):
-        return windows.open_index + (1 if any(w.records for w in windows.open_windows())
+        return windows.open_index + (1 if any(w.n for w in windows.open_windows())
                                      else 0)
     opened = [w.index for w in windows.open_windows()]
     if opened:

@@ -13,7 +13,7 @@ Three marks make at-least-once input give exactly-once results and dead letters:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from monitor.report import WindowReport
 from monitor.windows import TopicPartition
@@ -53,6 +53,24 @@ class Checkpoint:
     def read(self, tp: TopicPartition, offset: int) -> None:
         self._first.setdefault(tp, offset)
         self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+
+    def read_batch(self, tps: Sequence[TopicPartition], offsets: Sequence[int]) -> None:
+        """:meth:`read` of every record of a batch (``tps[i]``, ``offsets[i]``), in order.
+
+        Once per partition in the batch rather than once per record: its first offset
+        and the highest one, found by C-level scans (a batch holds few partitions).
+        """
+        if not tps:
+            return
+        distinct = dict.fromkeys(tps)
+        if len(distinct) == 1:
+            groups: Iterable[tuple[TopicPartition, Sequence[int]]] = [(tps[0], offsets)]
+        else:
+            groups = [(tp, [o for t, o in zip(tps, offsets, strict=True) if t == tp])
+                      for tp in distinct]
+        for tp, offs in groups:
+            self._first.setdefault(tp, offs[0])
+            self._next[tp] = max(self._next.get(tp, 0), max(offs) + 1)
 
     def reading(self, tp: TopicPartition) -> bool:
         return tp in self._next

@@ -15,7 +15,7 @@ from monitor import __version__
 from monitor.errors import ConfigError, MonitorError, SinkError
 
 if TYPE_CHECKING:
-    from monitor.settings import ModelSettings
+    from monitor.settings import ModelSettings, Settings
     from training import ModelSpec
 
 log = logging.getLogger("driftline")
@@ -28,14 +28,38 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from monitor.supervised import stop_on_signals
+
+    stop = threading.Event()
+    # before the slow imports: a SIGTERM meanwhile stops, not kills; the previous handlers
+    # come back at the end (main() may be called in a longer-lived program, e.g. tests)
+    restore = stop_on_signals(stop)
+    try:
+        return _run(args, stop)
+    finally:
+        restore()
+
+
+def _run(args: argparse.Namespace, stop: threading.Event) -> int:
+    from monitor.supervised import announce, tag_logs, watch_parent
+
+    watch_parent(stop)  # a worker of a supervisor stops when its parent dies
     from monitor.app import build_daemon, install_signal_handlers
     from monitor.settings import load_settings
+    from monitor.supervisor import resolve_workers
 
     settings = load_settings(args.config)
     _setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
-    stop = threading.Event()
+    tag_logs()  # a supervised worker's index in its log lines
+    try:
+        workers = resolve_workers(settings.daemon.workers, args.workers)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     install_signal_handlers(stop)  # before connecting: start-up may wait on Kafka
+    if workers > 1:
+        return _supervise(args, settings, workers, stop)
     daemon = build_daemon(settings, stop=stop, config_path=Path(args.config).resolve())
+    announce(daemon.metrics_port)
     if stop.is_set():
         daemon.close()
         return 0
@@ -44,6 +68,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon.run()
     log.info("stopped cleanly")
     return 0
+
+
+def _supervise(args: argparse.Namespace, settings: Settings, workers: int,
+               stop: threading.Event) -> int:
+    """``--workers N`` (N > 1): this process supervises N ``--workers 1`` processes."""
+    from monitor.app import _check_port
+    from monitor.storage import SqlStore
+    from monitor.supervisor import Supervisor, worker_command, worker_env
+
+    address, port = settings.metrics.address, settings.metrics.port
+    _check_port(address, port)  # before starting anything: a taken port fails at once
+    SqlStore(settings.storage.url).close()  # a bad URL or driver too (does not connect)
+    log.info("driftline %s: %d workers in consumer group %s", __version__, workers,
+             settings.source.kafka.group_id)
+    command = worker_command(str(Path(args.config).resolve()), log_level=args.log_level,
+                             log_format=args.log_format)
+    return Supervisor(command, workers, address=address, port=port, stop=stop,
+                      env=worker_env()).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -267,20 +309,21 @@ def _retrain_model(args: argparse.Namespace) -> tuple[ModelSettings, ModelSpec]:
     m = by_name[args.model]
     if m.embedding is None:
         raise ConfigError(f"model {args.model!r} has no embedding.model: retraining needs the "
-                          "deployed torch model (kind state-dict or torchscript)")
+                          "deployed torch model (state-dict, torchscript, transformers or "
+                          "sentence-transformers)")
     em = m.embedding.model
-    if em.kind not in ("state-dict", "torchscript"):
-        raise ConfigError(f"model {args.model!r}: retraining supports kinds state-dict and "
-                          f"torchscript, not {em.kind!r}")
-    return m, ModelSpec(kind=em.kind.replace("-", "_"), factory=em.factory)
+    return m, ModelSpec(kind=em.kind.replace("-", "_"), factory=em.factory,
+                        max_length=em.max_length)
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from training import Registry, RegistryError
 
     _setup_logging("INFO")
-    registry = Registry(args.registry)
     try:
+        # a backend given here is stored in the registry folder: later commands mirror alike
+        registry = Registry(args.registry, backend=args.registry_backend,
+                            tracking_uri=args.mlflow_tracking_uri)
         if args.retrain_command == "promote":
             aliases = registry.promote(args.model, args.version, force=args.force)
             print(f"{args.model}: champion {aliases.champion} (previous {aliases.previous})")
@@ -289,12 +332,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             aliases = registry.rollback(args.model)
             print(f"{args.model}: rolled back to {aliases.champion}")
             return 0
-    except RegistryError as exc:
+    except (RegistryError, ImportError) as exc:  # ImportError: mlflow not installed
         raise ConfigError(str(exc)) from None
     return _retrain_run(args)
 
 
-def _captured_rows(args: argparse.Namespace, features: tuple[str, ...]) -> Any:
+def _captured_rows(args: argparse.Namespace, features: tuple[str, ...],
+                   text: bool = False) -> Any:
     """The training capture of request ``args.request``: labelled records since its
     incident's first window (they include the incident's drifted windows)."""
     import numpy as np
@@ -325,9 +369,14 @@ def _captured_rows(args: argparse.Namespace, features: tuple[str, ...]) -> Any:
     if not rows:
         raise ValueError(f"no captured records of model {args.model!r} {what}")
     try:
-        x = np.asarray([[float(r["features"][f]) for f in features] for r in rows],
-                       dtype=np.float32)
-        y = np.asarray([float(r["label"]) for r in rows])
+        if text:  # a text model trains on the records' raw input
+            from monitor.retrain_job import text_rows
+
+            x, y = text_rows(rows, f"model {args.model!r}")
+        else:
+            x = np.asarray([[float(r["features"][f]) for f in features] for r in rows],
+                           dtype=np.float32)
+            y = np.asarray([float(r["label"]) for r in rows])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"captured records of {args.model!r}: a feature or label is not a "
                          f"number ({exc})") from None
@@ -357,7 +406,7 @@ def _retrain_run(args: argparse.Namespace) -> int:
 
     from monitor.retrain_job import read_rows
     from monitor.retrain_torchrun import join_torchrun, leave_torchrun, train_as_worker
-    from training import LabelledRows, TrainConfig
+    from training import LabelledRows
 
     m, spec = _retrain_model(args)
     features = tuple(f.name for f in m.features if f.type == "numeric")
@@ -371,19 +420,22 @@ def _retrain_run(args: argparse.Namespace) -> int:
                           "the features, label and timestamp)")
     if args.data is not None and selected:
         raise ConfigError("--windows and --since select captured records: not with --data")
+    text = spec.text
     try:
-        rows = (read_rows(args.data, features) if args.data is not None
-                else _captured_rows(args, features))
+        rows = (read_rows(args.data, features, text=text) if args.data is not None
+                else _captured_rows(args, features, text))
         reference = None
-        try:
-            reference = read_rows(m.reference.path, features, timestamp=None)
+        try:  # a text model replays its embedding reference's texts (with labels)
+            assert m.embedding is not None
+            reference = read_rows(m.embedding.reference.path if text else m.reference.path,
+                                  features, timestamp=None, text=text)
         except ValueError as exc:
             log.warning("no replay: the reference has no usable label column (%s)", exc)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     assert m.embedding is not None  # checked by _retrain_model
     shape = m.embedding.model.shape
-    if shape and tuple(shape) != (len(features),):
+    if shape and not text and tuple(shape) != (len(features),):
         rows = LabelledRows(rows.x.reshape(len(rows), *shape), rows.y, rows.times)
         if reference is not None:
             reference = LabelledRows(reference.x.reshape(len(reference), *shape), reference.y)
@@ -399,7 +451,7 @@ def _retrain_run(args: argparse.Namespace) -> int:
                 train_as_worker(rows, registry_dir=args.registry, model_name=args.model,
                                 model=spec, model_path=m.embedding.model.path,
                                 reference=reference,
-                                config=TrainConfig(epochs=args.epochs).replace(
+                                config=_train_config(args).replace(
                                     strategy=args.strategy, device=place.device,
                                     seed=args.seed))
             return 0
@@ -411,17 +463,30 @@ def _retrain_run(args: argparse.Namespace) -> int:
     return 1 if result.status == "failed" else 0
 
 
+def _train_config(args: argparse.Namespace) -> Any:
+    from training import TrainConfig
+
+    targets = (tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+               if args.lora_targets else None)
+    try:
+        rates = (tuple(float(r) for r in args.lr_grid.split(",")) if args.lr_grid
+                 else TrainConfig().lr_grid)
+        return TrainConfig(epochs=args.epochs, lora_targets=targets, lr_grid=rates)
+    except ValueError as exc:
+        raise ConfigError(f"--epochs / --lr-grid / --lora-targets: {exc}") from None
+
+
 def _run_job_rank0(args: argparse.Namespace, m: Any, spec: Any, rows: Any, reference: Any,
                    features: tuple[str, ...], weights: Any, place: Any) -> Any:
     from monitor.retrain_job import run_job
-    from training import GateConfig, TrainConfig
+    from training import GateConfig
 
     return run_job(
         args.model, rows, registry_dir=args.registry, model=spec,
         model_path=m.embedding.model.path, reference=reference,
         features=features, strategy=args.strategy, action=args.action, label_weights=weights,
         device=place.device, nproc=max(args.nproc, place.world), seed=args.seed,
-        request_id=args.request, train=TrainConfig(epochs=args.epochs),
+        request_id=args.request, train=_train_config(args),
         gate_config=GateConfig(alpha=args.alpha, min_gain=args.min_gain,
                                max_reference_drop=args.max_reference_drop),
         dry_run=args.dry_run, result_path=args.result)
@@ -445,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["text", "json"],
                      help="one line of text, or one JSON object, per event (default: "
                      "log_format in the settings, text)")
+    run.add_argument("--workers", metavar="N|auto",
+                     help="consumer processes in the group, under one supervisor with one "
+                     "/metrics: auto is one per core (default: daemon.workers in the "
+                     "settings, auto); 1 runs in this process")
     run.set_defaults(fn=cmd_run)
 
     chk = sub.add_parser("check-config", help="validate a settings file and its references",
@@ -593,12 +662,16 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--since", type=float, metavar="T",
                     help="the training capture from this event time (Unix seconds)")
     rr.add_argument("--strategy", choices=["head", "gradual", "full", "lora"], default="full")
+    rr.add_argument("--lora-targets", metavar="NAMES", help="lora: comma-separated module "
+                    "names or last name parts (e.g. query,value); default every Linear")
     rr.add_argument("--action", choices=["retrain", "recalibrate"], default="retrain")
     rr.add_argument("--label-weights", help="recalibrate: comma-separated BBSE class weights")
     rr.add_argument("--nproc", type=int, default=1, help="data-parallel processes")
     rr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (no silent fallback)")
     rr.add_argument("--seed", type=int, default=0)
     rr.add_argument("--epochs", type=int, default=20, help="most epochs per learning rate")
+    rr.add_argument("--lr-grid", metavar="RATES", help="comma-separated learning rates tried "
+                    "(the best on validation wins; default 3e-4,1e-3,3e-3)")
     rr.add_argument("--alpha", type=float, default=0.05, help="gate: paired test level")
     rr.add_argument("--min-gain", type=float, default=0.02,
                     help="gate: least accuracy gain (points as a fraction)")
@@ -615,6 +688,11 @@ def build_parser() -> argparse.ArgumentParser:
     for parser in (rr, rp, rb):
         parser.add_argument("--registry", default="driftline-registry",
                             help="model registry folder (default ./driftline-registry)")
+        parser.add_argument("--registry-backend", choices=["directory", "mlflow"],
+                            help="mlflow: also register versions and move the aliases in "
+                            "MLflow (stored in the folder; default: as stored, directory)")
+        parser.add_argument("--mlflow-tracking-uri", metavar="URI",
+                            help="the MLflow tracking store (e.g. sqlite:///mlflow.db)")
     for parser in (rr, rp, rb):
         parser.set_defaults(fn=cmd_retrain)
     return p

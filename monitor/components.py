@@ -37,7 +37,7 @@ from monitor.settings import (
     ModelSettings,
     StreamingDetectorSettings,
 )
-from monitor.windows import ClosedWindow, feature_columns
+from monitor.windows import ClosedWindow
 
 __all__ = [
     "BaseComponent",
@@ -141,9 +141,15 @@ class FeatureTest(BaseComponent):
         self._untested = {kind: (features, tuple(n_reference), *_threshold(detector))}
 
     def columns(self, window: ClosedWindow) -> dict[str, np.ndarray]:
-        return feature_columns(window.records, self.features, self._numeric)
+        return window.feature_columns(self.features, self._numeric)
 
     def test(self, window: ClosedWindow) -> list[DriftResult]:
+        cols = window.columns
+        if cols is not None and hasattr(self.detector, "test_codes"):
+            # categorical: the window's integer codes, counted with one bincount each
+            coded = {n: cols.coded(n) for n in self.features}
+            return [self.detector.test_codes({n: c for n, (c, _) in coded.items()},
+                                             {n: k for n, (_, k) in coded.items()})]
         return [self.detector.test(self.columns(window))]
 
 
@@ -167,8 +173,14 @@ class MatrixTest(BaseComponent):
         return mean, np.where(std > 0, std, 1.0)
 
     def matrix(self, window: ClosedWindow) -> np.ndarray:
-        x = np.asarray([[r.features[n] for n in self.features] for r in window.records],
-                       dtype=np.float64).reshape(len(window.records), len(self.features))
+        if window.columns is None:
+            x = np.asarray([[r.features[n] for n in self.features] for r in window.records],
+                           dtype=np.float64).reshape(window.n, len(self.features))
+        else:
+            numeric = dict.fromkeys(self.features, True)
+            cols = window.feature_columns(self.features, numeric)
+            x = np.column_stack([cols[n] for n in self.features]).reshape(
+                window.n, len(self.features))
         return (x - self.mean) / self.std
 
     def test(self, window: ClosedWindow) -> list[DriftResult]:
@@ -230,12 +242,12 @@ _BUILDERS: dict[str, Callable[[DetectorSettings, ModelSettings, Mapping[str, np.
 # --- the model's outputs -----------------------------------------------------------------------
 
 def _classes(window: ClosedWindow) -> np.ndarray:
-    return np.asarray([json.dumps(r.prediction) if isinstance(r.prediction, bool)
-                       else str(r.prediction) for r in window.records], dtype=object)
+    return np.asarray([json.dumps(p) if isinstance(p, bool) else str(p)
+                       for p in window.predictions()], dtype=object)
 
 
 def _values(window: ClosedWindow) -> np.ndarray:
-    return np.asarray([float(r.prediction) for r in window.records])
+    return np.asarray([float(p) for p in window.predictions()])
 
 
 class PredictionTest(BaseComponent):
@@ -361,7 +373,7 @@ class StreamingTest(BaseComponent):
                      else det.delta if isinstance(det, ADWIN) else det.threshold)
 
     def test(self, window: ClosedWindow) -> list[DriftResult]:
-        det, n = self.detector, len(window.records)
+        det, n = self.detector, window.n
         detections = sum(det.update(x) for x in errors(self.task, *_pairs(window, self.dtype))
                          .tolist())
         estimate = det.error_rate if isinstance(det, DDM) else det.estimation
@@ -477,10 +489,11 @@ class FeatureSummaries:
 
     def summarize(self, window: ClosedWindow) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        if not window.records:
+        if not window.n:
             return out
         for name, (edges, ref_counts, ref_mean, ref_std) in self._numeric.items():
-            cur = np.asarray([r.features[name] for r in window.records], dtype=np.float64)
+            cur = np.asarray(window.feature_columns((name,), {name: True})[name],
+                             dtype=np.float64)
             cur = cur[np.isfinite(cur)]
             counts, _ = np.histogram(cur, bins=edges)
             with np.errstate(over="ignore", invalid="ignore"):  # hostile 1e308s: no picture
@@ -497,9 +510,9 @@ class FeatureSummaries:
             }
         for name, ref in self._categorical.items():
             cur_counts: dict[str, int] = {}
-            for r in window.records:
-                key = _category(r.features[name])
-                cur_counts[key] = cur_counts.get(key, 0) + 1
+            for value, count in window.category_counts(name).items():
+                key = _category(value)
+                cur_counts[key] = cur_counts.get(key, 0) + count
             n_ref, n_cur = max(sum(ref.values()), 1), max(sum(cur_counts.values()), 1)
             share = {k: max(ref.get(k, 0) / n_ref, cur_counts.get(k, 0) / n_cur)
                      for k in {*ref, *cur_counts}}

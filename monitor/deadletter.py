@@ -65,6 +65,37 @@ class RecoverableDeadLetter(DeadLetter, Protocol):
         ...
 
 
+#: The mark partition meaning "every dead-letter partition not marked on its own": stored
+#: as -1 when the topic did not exist at the first start, so everything on it is ours.
+ALL_PARTITIONS = -1
+
+
+def recovery_plan(ends: Mapping[int, int], covered: Mapping[int, int]
+                  ) -> tuple[dict[int, int], dict[int, int]]:
+    """What a restart must read back from the dead-letter topic, and what to mark as seen.
+
+    ``ends``: partition -> end offset (next offset to be written) of the dead-letter topic,
+    empty when the topic does not exist yet. ``covered``: partition -> highest offset the
+    stored marks cover (``ALL_PARTITIONS`` for partitions without their own mark).
+    Returns (partition -> first offset to read, partition -> baseline mark to store). A
+    partition never marked holds what other runs wrote before this group first started:
+    its baseline is its end. When the topic does not exist yet, the baseline is
+    ``{ALL_PARTITIONS: -1}``: whatever appears on it later was written by this group, so a
+    crash between the first dead-letter flush and the first stored marks reads it back
+    rather than sending it twice."""
+    if not ends:
+        return {}, ({} if ALL_PARTITIONS in covered else {ALL_PARTITIONS: -1})
+    start: dict[int, int] = {}
+    baselines: dict[int, int] = {}
+    for p, end in ends.items():
+        mark = covered.get(p, covered.get(ALL_PARTITIONS))
+        if mark is None:
+            baselines[p] = end - 1
+        elif mark + 1 < end:
+            start[p] = mark + 1
+    return start, baselines
+
+
 @dataclass
 class MemoryDeadLetter:
     """Keeps rejected records in a list (unit tests)."""

@@ -109,8 +109,10 @@ class Delivery:
         self._sink_i = 0
 
     def retrying(self, fn: Callable[[], object], stop: threading.Event,
-                 name: str | None = None) -> bool:
-        """Call ``fn`` until it does not raise SinkError; False if ``stop`` is set first."""
+                 name: str | None = None, between: Callable[[], None] | None = None) -> bool:
+        """Call ``fn`` until it does not raise SinkError; False if ``stop`` is set first.
+
+        ``between`` runs after each failed attempt (a keep-alive poll of the source)."""
         delay = self.retry.initial_s
         attempt = 0
         while True:
@@ -127,6 +129,8 @@ class Delivery:
                     log.warning("%s failed (attempt %d), retrying every %.2fs at most, "
                                 "without committing: %s", label, attempt, self.retry.max_s, exc)
             self.health.beat()  # retrying is progress: the loop is alive, just not ready
+            if between is not None:
+                between()
             if stop.wait(delay):
                 return False
             delay = min(delay * 2, self.retry.max_s)

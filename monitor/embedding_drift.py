@@ -140,7 +140,7 @@ class EmbeddingDrift(BaseComponent):
         return self.names
 
     def test(self, window: ClosedWindow) -> list[DriftResult]:
-        return self.test_inputs([r.raw_input for r in window.records])
+        return self.test_inputs(window.raw_inputs())
 
     def test_inputs(self, inputs: Sequence[Any]) -> list[DriftResult]:
         t0 = time.perf_counter()

@@ -152,7 +152,7 @@ class ComponentEvaluator:
             self.verdict.load_state(saved.get(MODEL))
 
     def evaluate(self, window: ClosedWindow) -> WindowReport:
-        n = len(window.records)
+        n = window.n
         results: list[DriftResult] = []
         for c in self.components:
             results.extend(c.test(window) if n >= self.min_records else c.insufficient(n))
@@ -195,7 +195,7 @@ class ModelEvaluator(ComponentEvaluator):
     def evaluate(self, window: ClosedWindow) -> WindowReport:
         report = super().evaluate(window)
         summaries = getattr(self, "summaries", None)
-        if summaries is None or len(window.records) < self.min_records:
+        if summaries is None or window.n < self.min_records:
             return report
         return dataclasses.replace(report, summaries=summaries.summarize(window))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from detectors.bbse import SingularConfusionMatrixError
+from monitor.columns import ColumnLayout
 from monitor.errors import ConfigError
 from monitor.evaluate import ModelEvaluator, verdict_policy
 from monitor.labels import LabelEvaluator
@@ -77,7 +78,7 @@ def build_model(m: ModelSettings, metrics: Metrics, cache_dir: Path | None) -> M
         log.info("model %s: embeddings ready in %.1f s", m.name, time.perf_counter() - t0,
                  extra={"event": "startup", "model": m.name, "step": "embeddings_ready",
                         "seconds": round(time.perf_counter() - t0, 3)})
-    new_windows = _windows_factory(m)
+    new_windows = _windows_factory(m, _reference_categories(evaluator))
     return ModelState(StreamState(evaluator, new_windows(None), new_windows),
                       _label_stream(m) if m.labels is not None else None)
 
@@ -144,14 +145,30 @@ def _label_stream(m: ModelSettings) -> StreamState:
     return StreamState(evaluator, make(None), make)
 
 
-def _windows_factory(m: ModelSettings) -> Callable[[int | None], Windows]:
+def _reference_categories(evaluator: Any) -> dict[str, list[str]]:
+    """Feature -> the reference's categories, from the detectors that count them."""
+    out: dict[str, list[str]] = {}
+    for detector, features in getattr(evaluator, "detectors", ()):
+        categories = getattr(detector, "categories", None)
+        if callable(categories):
+            for f in features:
+                out.setdefault(f, [str(c) for c in categories(f)])
+    return out
+
+
+def _windows_factory(m: ModelSettings, categories: dict[str, list[str]]
+                     ) -> Callable[[int | None], Windows]:
     window = m.window
+    # one layout, hence one set of category codes, for all the model's windows
+    layout = ColumnLayout.of({f.name: f.type for f in m.features},
+                             keep_inputs=m.embedding is not None, categories=categories)
 
     def make(last_stored: int | None) -> Windows:
         if isinstance(window, CountWindow):
             return CountWindows(m.name, window.size,
-                                next_index=0 if last_stored is None else last_stored + 1)
+                                next_index=0 if last_stored is None else last_stored + 1,
+                                layout=layout)
         return TimeWindows(m.name, window.seconds, window.allowed_lateness_seconds,
-                           last_closed_index=last_stored)
+                           last_closed_index=last_stored, layout=layout)
 
     return make

@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from monitor.metrics import Metrics
+if TYPE_CHECKING:  # the supervisor serves without importing the metrics (and scipy)
+    from monitor.metrics import Metrics
 
 
 @dataclass
@@ -48,17 +50,32 @@ class Health:
                     "storage_error": self.storage_error, "stopped": self.stopped}
 
 
-def serve(metrics: Metrics, health: Health, address: str,
+class Probes(Protocol):
+    """What the HTTP server asks: a :class:`Health`, or the supervisor's aggregate of them."""
+
+    def live(self) -> tuple[bool, dict[str, object]]: ...
+
+    def ready(self) -> tuple[bool, dict[str, object]]: ...
+
+
+def serve(metrics: Metrics, health: Probes, address: str,
           port: int) -> tuple[ThreadingHTTPServer, threading.Thread]:
     """Serve the three endpoints from a daemon thread; port 0 picks a free port."""
+    return serve_endpoints(lambda: generate_latest(metrics.registry), health, address, port)
+
+
+def serve_endpoints(exposition: Callable[[], bytes], probes: Probes, address: str,
+                    port: int) -> tuple[ThreadingHTTPServer, threading.Thread]:
+    """:func:`serve` with the ``/metrics`` body from ``exposition`` (the supervisor merges
+    its workers' bodies there)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry))
+                self._send(200, CONTENT_TYPE_LATEST, exposition())
             elif path in ("/healthz", "/readyz"):
-                ok, detail = health.live() if path == "/healthz" else health.ready()
+                ok, detail = probes.live() if path == "/healthz" else probes.ready()
                 body = json.dumps({"ok": ok, **detail}).encode()
                 self._send(200 if ok else 503, "application/json", body)
             else:

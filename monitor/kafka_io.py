@@ -1,4 +1,5 @@
-"""Kafka source, dead-letter producer and replay producer (kafka-python 3.x).
+"""Kafka source, dead-letter producer and replay producer (kafka-python 3.x), and the
+factories that pick kafka-python or confluent-kafka (:mod:`monitor.kafka_confluent`).
 
 Security settings (``security_protocol``, ``sasl_*``, ``ssl_*``) are passed through to
 kafka-python unchanged and never logged.
@@ -21,11 +22,13 @@ from monitor.deadletter import (
     HEADER_OFFSET,
     HEADER_PARTITION,
     HEADER_TOPIC,
+    RecoverableDeadLetter,
     dead_letter_headers,
+    recovery_plan,
 )
 from monitor.errors import RecordError, SinkError, SourceError
 from monitor.settings import KafkaSettings
-from monitor.sources import Message, RebalanceHook
+from monitor.sources import Message, RebalanceHook, Source
 from monitor.windows import TopicPartition
 
 log = logging.getLogger("driftline.kafka")
@@ -233,20 +236,15 @@ class KafkaDeadLetter:
         try:
             parts = consumer.partitions_for_topic(self.topic) or set()
             tps = [KafkaTP(self.topic, p) for p in sorted(parts)]
-            if not tps:
+            ends = {tp.partition: end for tp, end in consumer.end_offsets(tps).items()} \
+                if tps else {}
+            start, baselines = recovery_plan(ends, covered)
+            if not start:
                 return marks, baselines
-            ends = consumer.end_offsets(tps)
-            todo: dict[KafkaTP, int] = {}  # partition -> end offset to read up to
-            for tp in tps:
-                if tp.partition not in covered:  # never stored: what is there is not ours
-                    baselines[tp.partition] = ends[tp] - 1
-                elif covered[tp.partition] + 1 < ends[tp]:
-                    todo[tp] = ends[tp]
-            if not todo:
-                return marks, baselines
+            todo = {KafkaTP(self.topic, p): ends[p] for p in start}  # read up to the end
             consumer.assign(list(todo))
             for tp in todo:
-                consumer.seek(tp, covered[tp.partition] + 1)
+                consumer.seek(tp, start[tp.partition])
             deadline = time.monotonic() + RECOVER_TIMEOUT_S
             while todo:
                 for records in consumer.poll(timeout_ms=500).values():
@@ -279,6 +277,24 @@ def _source_of(headers: Iterable[tuple[str, bytes | None]]
         return (topic, int(h[HEADER_PARTITION])), int(h[HEADER_OFFSET])
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
+
+
+def make_source(settings: KafkaSettings) -> Source:
+    """The consumer of the client ``settings.client`` names."""
+    if settings.client == "confluent-kafka":
+        from monitor.kafka_confluent import ConfluentSource
+
+        return ConfluentSource(settings)
+    return KafkaSource(settings)
+
+
+def make_dead_letter(settings: KafkaSettings) -> RecoverableDeadLetter:
+    """The dead-letter producer of the client ``settings.client`` names."""
+    if settings.client == "confluent-kafka":
+        from monitor.kafka_confluent import ConfluentDeadLetter
+
+        return ConfluentDeadLetter(settings)
+    return KafkaDeadLetter(settings)
 
 
 def produce(bootstrap_servers: str, topic: str, values: Iterable[tuple[bytes | None, bytes]],

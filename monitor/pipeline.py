@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Protocol
 
 from monitor.checkpoint import Checkpoint
@@ -43,6 +44,12 @@ from monitor.window_eval import Evaluator, Job, WindowEvaluation
 from monitor.windows import ClosedWindow, CountWindows, TimeWindows, TopicPartition
 
 log = logging.getLogger("driftline.pipeline")
+
+#: Poll time of a keep-alive poll while stored state is reloaded after an outage.
+KEEP_ALIVE_POLL_S = 0.1
+
+_coordinates = attrgetter("topic", "partition")
+_offset = attrgetter("offset")
 
 __all__ = ["Evaluator", "ModelState", "Pipeline", "RetryPolicy", "StoredState", "StreamState",
            "Windows"]
@@ -141,6 +148,7 @@ class Pipeline:
         self._rewind: dict[TopicPartition, int] = {}  # set on revoke, used on assignment
         self._prepared = prepare is None
         self._restore_pending = restore is not None
+        self._paused_for_restore = False
         # Partitions the group gave this process (None: a source without a group, which
         # owns everything). Metrics export only the models read from these.
         self.assignment: set[TopicPartition] | None = None
@@ -159,6 +167,7 @@ class Pipeline:
         self.skipped_replayed = 0
         self._stop = threading.Event()  # the running loop's stop event
         self._was_connected = True
+        self._lag_exported: set[tuple[str, int]] = set()  # consumer_lag series set here
         # Read at scrape time: an outage shows on /metrics even while the loop is blocked.
         metrics.source_connected.set_function(lambda: 1.0 if source.connected else 0.0)
         source.on_rebalance(self._on_revoked, self._on_assigned)
@@ -192,10 +201,32 @@ class Pipeline:
                 return False
             self._prepared = True
         if self._restore_pending:
-            if not self.delivery.retrying(self.restore_state, stop, "sql"):
-                return False
+            try:
+                if not self.delivery.retrying(self.restore_state, stop, "sql",
+                                              between=self._keep_alive):
+                    return False
+            finally:
+                if self._paused_for_restore:
+                    self.source.resume()
+                    self._paused_for_restore = False
             self._restore_pending = False
         return True
+
+    def _keep_alive(self) -> None:
+        """While stored state cannot be read, poll with every partition paused.
+
+        The group's rebalance then completes (a revoke and its assignment can arrive in
+        separate polls) instead of waiting on this member until storage is back. A record
+        the poll still returns (from a partition it just assigned) is sought back, never
+        processed before its state is loaded."""
+        self.source.pause()
+        self._paused_for_restore = True
+        first: dict[TopicPartition, int] = {}
+        for msg in self.source.poll(KEEP_ALIVE_POLL_S):
+            first.setdefault((msg.topic, msg.partition), msg.offset)
+        self.source.pause()  # partitions that poll assigned
+        for tp, offset in first.items():
+            self.source.seek(tp, offset)
 
     def process(self, batch: Sequence[Message]) -> None:
         if not self._ready(self._stop):  # first call, or after a rebalance
@@ -208,15 +239,17 @@ class Pipeline:
             batch = [*held, *batch]
         closed: list[Job] = []
         with self._timed("decode"), self.metrics.consumed_per_batch() as self._consumed:
-            for msg in batch:
-                tp = (msg.topic, msg.partition)
-                self.checkpoint.read(tp, msg.offset)
+            tps: list[TopicPartition] = list(map(_coordinates, batch))
+            self.checkpoint.read_batch(tps, list(map(_offset, batch)))  # nothing below reads it
+            for msg, tp in zip(batch, tps, strict=True):
                 if msg.topic == self.labels_topic:
                     self._handle_label(msg)
                 else:
                     closed.extend(self._jobs("features", self._handle(msg, tp)))
             if self.join is not None:
                 closed.extend(self._jobs("labels", self._join_labels()))
+            for state in self.models.values():  # the batch's records into the columns
+                state.features.windows.seal()
         if closed:
             with self._timed("detect"):
                 self.delivery.add(self.evaluation.evaluate(closed))
@@ -307,6 +340,13 @@ class Pipeline:
             self._was_connected = connected
         for (topic, partition), lag in self.source.lag().items():
             self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+            self._lag_exported.add((topic, partition))
+        if self.assignment is not None:
+            # A partition that moved to another member: its lag is the new owner's to
+            # export (a stale value here would add up wrong across instances or workers).
+            for topic, partition in [k for k in self._lag_exported if k not in self.assignment]:
+                self.metrics.consumer_lag.remove(topic, str(partition))
+                self._lag_exported.discard((topic, partition))
 
     # -- rebalancing ---------------------------------------------------------------------
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -368,9 +408,12 @@ class Pipeline:
             found, baselines = self.dead_letter.recover(covered)
             for tp, o in found.items():
                 marks[tp] = max(marks.get(tp, -1), o)
-            if baselines:  # a dead-letter partition seen for the first time: start here
-                self._marks_store.write_dead_letter_marks(
-                    {(dl_topic, p): o for p, o in baselines.items()})
+            # Stored now: the recovered marks count as stored from here on, and a later
+            # position stored past them would keep the next restart from reading them back.
+            # A dead-letter partition seen for the first time starts at its baseline.
+            recovered = {**found, **{(dl_topic, p): o for p, o in baselines.items()}}
+            if recovered:
+                self._marks_store.write_dead_letter_marks(recovered)
                 self._marks_store.flush()
             if found:
                 log.info("dead letters written before the last stop but not yet recorded: "

@@ -42,7 +42,7 @@ from training import (
 )
 from training.registry import atomic_write_json
 
-__all__ = ["JobResult", "library_versions", "read_rows", "run_job"]
+__all__ = ["JobResult", "library_versions", "read_rows", "run_job", "text_rows"]
 
 log = logging.getLogger("driftline.retrain")
 
@@ -80,7 +80,7 @@ class JobResult:
 def library_versions() -> dict[str, str]:
     """Versions that decide a run's numbers, for ``run.json``."""
     found = {"python": platform.python_version(), "driftline": __version__}
-    for dist in ("torch", "numpy", "scipy", "peft"):
+    for dist in ("torch", "numpy", "scipy", "peft", "transformers", "tokenizers"):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -281,9 +281,12 @@ def _train_gate_register(
 
 
 def read_rows(path: str | Path, features: tuple[str, ...], *, label: str = "label",
-              timestamp: str | None = "timestamp") -> LabelledRows:
+              timestamp: str | None = "timestamp", text: bool = False) -> LabelledRows:
     """Read labelled rows from CSV or JSONL (the capture export): feature columns, the
     label, and the event time (a number or an ISO-8601 string) when ``timestamp`` is set.
+
+    ``text=True`` (a text model): the input is the row's raw text instead of features, its
+    ``text`` field or, as in an inference record, ``input`` (a string or ``{"text": ...}``).
     """
     import csv
     import json
@@ -296,13 +299,18 @@ def read_rows(path: str | Path, features: tuple[str, ...], *, label: str = "labe
             records = [json.loads(line) for line in fh if line.strip()]
         else:
             records = list(csv.DictReader(fh))
-    need = (*features, label, *((timestamp,) if timestamp else ()))
+    need = (*(() if text else features), label, *((timestamp,) if timestamp else ()))
     for i, rec in enumerate(records, start=1):
         missing = [c for c in need if c not in rec or rec[c] in (None, "")]
         if missing:
             raise ValueError(f"{file}: row {i}: missing {', '.join(missing)}")
+    if text:
+        x = np.asarray([_text_of(r, f"{file}: row {i}") for i, r in enumerate(records, 1)],
+                       dtype=object)
     try:
-        x = np.asarray([[float(r[f]) for f in features] for r in records], dtype=np.float32)
+        if not text:
+            x = np.asarray([[float(r[f]) for f in features] for r in records],
+                           dtype=np.float32).reshape(len(records), len(features))
         y = np.asarray([float(r[label]) for r in records])
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{file}: a feature or label is not a number: {exc}") from None
@@ -311,7 +319,27 @@ def read_rows(path: str | Path, features: tuple[str, ...], *, label: str = "labe
     times = None
     if timestamp:
         times = np.asarray([_epoch(r[timestamp]) for r in records], dtype=np.float64)
-    return LabelledRows(x.reshape(len(records), len(features)), y, times)
+    return LabelledRows(x, y, times)
+
+
+def _text_of(record: Any, where: str) -> str:
+    """A row's raw text: ``text``, or ``input`` as a string or ``{"text": ...}``."""
+    value = record.get("text")
+    if value in (None, ""):
+        value = record.get("input")
+        if isinstance(value, dict):
+            value = value.get("text")
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{where}: a text model needs the raw text in 'text' or 'input' "
+                         "(a string or {\"text\": ...})")
+    return value
+
+
+def text_rows(records: list[dict[str, Any]], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Texts and labels of captured records (``input`` is the inference record's text)."""
+    texts = np.asarray([_text_of(r, f"{what}, captured record {r.get('request_id')}")
+                        for r in records], dtype=object)
+    return texts, np.asarray([float(r["label"]) for r in records])
 
 
 def _epoch(value: Any) -> float:

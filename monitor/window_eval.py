@@ -49,7 +49,7 @@ Job = tuple[str, ClosedWindow, Evaluator]  # (stream, window, evaluator)
 def error_report(stream: str, window: ClosedWindow, exc: BaseException) -> WindowReport:
     return WindowReport(
         model=window.model, window_index=window.index, window_start=window.start,
-        window_end=window.end, n_records=len(window.records), results=(),
+        window_end=window.end, n_records=window.n, results=(),
         offsets=window.offsets, evaluated_at=time.time(), stream=stream,
         error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
 

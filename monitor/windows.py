@@ -1,5 +1,9 @@
 """Per-model tumbling windows, count- or event-time-based, that remember their offsets.
 
+With a :class:`~monitor.columns.ColumnLayout` (feature windows) a window keeps its records
+as columns, written once per batch (:meth:`CountWindows.seal`); without one (label windows
+of joined pairs) it keeps the record objects.
+
 Each open window keeps, per (topic, partition), the smallest offset it holds: the pipeline
 may commit a partition only below the earliest record still sitting in an open window, so
 a restart replays exactly the records whose windows were not yet stored.
@@ -8,6 +12,7 @@ a restart replays exactly the records whose windows were not yet stored.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
@@ -15,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from monitor.columns import INITIAL_CAPACITY, ColumnBuffer, ColumnLayout, WindowColumns
 from monitor.errors import RecordError
 
 TopicPartition = tuple[str, int]
@@ -30,11 +36,18 @@ class OpenWindow:
     index: int
     start: float
     end: float
+    # Record objects are kept only without a column layout (label windows of joined pairs).
     records: list[Any] = field(default_factory=list)
     offsets: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
+    buffer: ColumnBuffer | None = None  # the columns, filled once per batch
+    n: int = 0  # records added
 
     def add(self, record: Timestamped, tp: TopicPartition, offset: int) -> None:
-        self.records.append(record)
+        if self.buffer is not None:
+            self.buffer.pending.append(record)  # columns written at the batch's end
+        else:
+            self.records.append(record)
+        self.n += 1
         bounds = self.offsets.get(tp)
         # once per record: plain comparisons, and a new tuple only when a bound moves
         if bounds is None:
@@ -44,6 +57,11 @@ class OpenWindow:
         elif offset < bounds[0]:
             self.offsets[tp] = (offset, bounds[1])
 
+    def seal(self) -> None:
+        """End of a batch: the pending records go into the columns and are dropped."""
+        if self.buffer is not None:
+            self.buffer.seal()
+
 
 @dataclass(frozen=True, slots=True)
 class ClosedWindow:
@@ -51,8 +69,44 @@ class ClosedWindow:
     index: int
     start: float  # Unix seconds: the window's bounds (time) or its first record's (count)
     end: float
-    records: tuple[Any, ...]  # InferenceRecord, or Joined for label windows
+    records: tuple[Any, ...]  # Joined pairs of label windows; empty when ``columns`` is set
     offsets: dict[TopicPartition, tuple[int, int]]  # (min, max) offset per topic-partition
+    columns: WindowColumns | None = None  # feature windows: their columns
+
+    @property
+    def n(self) -> int:
+        """Number of records in the window."""
+        return self.columns.n if self.columns is not None else len(self.records)
+
+    def feature_columns(self, names: Sequence[str],
+                        numeric: Mapping[str, bool]) -> dict[str, np.ndarray]:
+        """One array per feature: float64 views of the columns (numeric), object arrays
+        of the categories (categorical), as :func:`feature_columns` builds from records."""
+        c = self.columns
+        if c is None:
+            return feature_columns(self.records, names, numeric)
+        return {n: c.number(n) if numeric[n] else c.values(n) for n in names}
+
+    def category_counts(self, name: str) -> dict[Any, int]:
+        """Category -> count of a categorical feature (those that occur)."""
+        if self.columns is None:
+            return dict(Counter(r.features[name] for r in self.records))
+        codes, names = self.columns.coded(name)
+        counts = np.bincount(codes)
+        return {names[c]: int(counts[c]) for c in np.flatnonzero(counts).tolist()}
+
+    def predictions(self) -> list[Any]:
+        if self.columns is None:
+            return [r.prediction for r in self.records]
+        return self.columns.predictions
+
+    def raw_inputs(self) -> list[Any]:
+        if self.columns is None:
+            return [r.raw_input for r in self.records]
+        if self.columns.inputs is None:  # a wiring error, not bad input
+            raise ValueError(f"model '{self.model}', window {self.index}: raw inputs were "
+                             "not kept (the window's layout has keep_inputs=False)")
+        return self.columns.inputs
 
 
 def feature_columns(records: Sequence[Any], names: Sequence[str],
@@ -79,18 +133,26 @@ def feature_columns(records: Sequence[Any], names: Sequence[str],
 
 
 def _close(model: str, w: OpenWindow) -> ClosedWindow:
-    return ClosedWindow(model, w.index, w.start, w.end, tuple(w.records), dict(w.offsets))
+    columns = w.buffer.close() if w.buffer is not None else None
+    return ClosedWindow(model, w.index, w.start, w.end, tuple(w.records), dict(w.offsets),
+                        columns)
 
 
 class CountWindows:
     """Tumbling windows of ``size`` records; indices continue from ``next_index``."""
 
-    def __init__(self, model: str, size: int, next_index: int = 0) -> None:
+    def __init__(self, model: str, size: int, next_index: int = 0,
+                 layout: ColumnLayout | None = None) -> None:
         if size < 2:
             raise ValueError(f"size must be at least 2, got {size}")
         self.model = model
         self.size = size
-        self._open = OpenWindow(next_index, math.inf, -math.inf)
+        self.layout = layout
+        self._open = self._new(next_index)
+
+    def _new(self, index: int) -> OpenWindow:
+        buffer = None if self.layout is None else ColumnBuffer(self.layout, self.size)
+        return OpenWindow(index, math.inf, -math.inf, buffer=buffer)
 
     @property
     def open_index(self) -> int:
@@ -105,14 +167,18 @@ class CountWindows:
             w.start = ts
         if ts > w.end:
             w.end = ts
-        if len(w.records) < self.size:
+        if w.n < self.size:
             return []
-        self._open = OpenWindow(w.index + 1, math.inf, -math.inf)
+        self._open = self._new(w.index + 1)
         return [_close(self.model, w)]
 
     def open_windows(self) -> Iterator[OpenWindow]:
-        if self._open.records:
+        if self._open.n:
             yield self._open
+
+    def seal(self) -> None:
+        """End of a batch: see :meth:`OpenWindow.seal`."""
+        self._open.seal()
 
 
 class TimeWindows:
@@ -124,10 +190,12 @@ class TimeWindows:
     """
 
     def __init__(self, model: str, seconds: float, allowed_lateness: float = 0.0,
-                 last_closed_index: int | None = None) -> None:
+                 last_closed_index: int | None = None,
+                 layout: ColumnLayout | None = None) -> None:
         if seconds <= 0:
             raise ValueError(f"seconds must be positive, got {seconds}")
         self.model = model
+        self.layout = layout
         self.seconds = seconds
         self.lateness = allowed_lateness
         self._open: dict[int, OpenWindow] = {}
@@ -142,8 +210,10 @@ class TimeWindows:
                 f"'{self.model}', already closed")
         w = self._open.get(index)
         if w is None:
+            buffer = (None if self.layout is None
+                      else ColumnBuffer(self.layout, INITIAL_CAPACITY))
             w = self._open[index] = OpenWindow(index, index * self.seconds,
-                                               (index + 1) * self.seconds)
+                                               (index + 1) * self.seconds, buffer=buffer)
         w.add(record, tp, offset)
         self._watermark = max(self._watermark, record.timestamp - self.lateness)
         due = sorted(i for i, ow in self._open.items() if ow.end <= self._watermark)
@@ -155,3 +225,8 @@ class TimeWindows:
 
     def open_windows(self) -> Iterator[OpenWindow]:
         yield from self._open.values()
+
+    def seal(self) -> None:
+        """End of a batch: see :meth:`OpenWindow.seal`."""
+        for w in self._open.values():
+            w.seal()

@@ -6,6 +6,7 @@ A missing service is a failure, never a skip: the fixture fails with what to ins
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import uuid
@@ -20,6 +21,10 @@ import pytest
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
+
+# `driftline run` starts one worker per core by default; the tests that start it (and kill -9
+# it) mean one process unless they pass --workers, which overrides this.
+os.environ.setdefault("DRIFTLINE__DAEMON__WORKERS", "1")
 
 from services.alertmanager import DEFAULT_CONFIG, AlertmanagerServer  # noqa: E402
 from services.kafka import KafkaBroker  # noqa: E402

@@ -9,7 +9,10 @@ No Kafka, no SQL, no settings objects; never imports :mod:`monitor`. Models are 
 * :mod:`~training.distributed`: the same loop data-parallel (gloo on CPU, NCCL on CUDA).
 * :mod:`~training.recalibrate`: label-shift correction of the output prior, no training.
 * :mod:`~training.gate`: the paired promotion test.
-* :mod:`~training.registry`: versions, aliases, promote, rollback.
+* :mod:`~training.registry`: versions, aliases, promote, rollback
+  (:mod:`~training.mlflow_registry`: the optional MLflow mirror).
+* :mod:`~training.text`: text classifiers (transformers, sentence-transformers + head)
+  trained on raw text.
 """
 
 from __future__ import annotations
@@ -26,12 +29,23 @@ from training.errors import (
 )
 from training.gate import GateResult, gate, mcnemar_exact, sign_test
 from training.loop import EpochLog, FitResult, fit, predict, set_seed
+from training.mlflow_registry import MlflowMirror
 from training.modelio import ModelSpec, load_weights, save_weights
 from training.recalibrate import PriorCorrected, recalibrate
-from training.registry import Aliases, Registry, VersionInfo
+from training.registry import BACKENDS, Aliases, Registry, VersionInfo
+from training.text import (
+    TEXT_KINDS,
+    SentenceClassifier,
+    SequenceClassifier,
+    TextClassifier,
+    load_text_model,
+    model_inputs,
+)
 
 __all__ = [
+    "BACKENDS",
     "STRATEGIES",
+    "TEXT_KINDS",
     "Aliases",
     "DataSplit",
     "EpochLog",
@@ -40,11 +54,15 @@ __all__ = [
     "GateResult",
     "InsufficientDataError",
     "LabelledRows",
+    "MlflowMirror",
     "ModelSpec",
     "PriorCorrected",
     "Registry",
     "RegistryError",
+    "SentenceClassifier",
+    "SequenceClassifier",
     "SplitConfig",
+    "TextClassifier",
     "TrainConfig",
     "TrainingDeviceError",
     "TrainingDivergedError",
@@ -55,8 +73,10 @@ __all__ = [
     "fit_distributed",
     "gate",
     "init_from_torchrun",
+    "load_text_model",
     "load_weights",
     "mcnemar_exact",
+    "model_inputs",
     "predict",
     "recalibrate",
     "save_weights",

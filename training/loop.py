@@ -29,6 +29,7 @@ from training.config import TrainConfig
 from training.data import DataSplit, LabelledRows
 from training.errors import TrainingDeviceError, TrainingDivergedError
 from training.strategies import Prepared, count_trainable, prepare
+from training.text import model_inputs
 
 __all__ = ["EpochLog", "FitResult", "fit", "predict", "set_seed", "torch_device"]
 
@@ -98,9 +99,10 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _tensors(rows: LabelledRows, task: str) -> tuple[torch.Tensor, torch.Tensor]:
-    # torch.tensor copies: inputs may be read-only views (pandas, memory maps)
-    x = torch.tensor(np.asarray(rows.x, dtype=np.float32))
+def _tensors(model: nn.Module, rows: LabelledRows,
+             task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # texts are tokenised once here, by the model's own tokenizer (training.text)
+    x = model_inputs(model, rows.x)
     y = torch.tensor(np.asarray(rows.y, dtype=np.int64 if task == "classification"
                                 else np.float32))
     return x, y
@@ -118,9 +120,11 @@ def predict(model: nn.Module, x: np.ndarray, *, device: str = "cpu",
     dev = torch_device(device)
     model = model.to(dev).eval()
     outs = []
+    if np.asarray(x[:1]).dtype.kind in "OUS":
+        batch_size = min(batch_size, 128)  # text: attention memory grows with the batch
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xb = torch.tensor(np.asarray(x[i:i + batch_size], dtype=np.float32), device=dev)
+            xb = model_inputs(model, x[i:i + batch_size]).to(dev)
             outs.append(model(xb).float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
@@ -130,9 +134,10 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str,
     loss_fn = _loss_fn(task)
     model.eval()
     total, metric = 0.0, 0.0
+    chunk = 128 if x.dtype == torch.int64 else 4096  # token ids: attention memory
     with torch.no_grad():
-        for i in range(0, len(x), 4096):
-            xb, yb = x[i:i + 4096].to(dev), y[i:i + 4096].to(dev)
+        for i in range(0, len(x), chunk):
+            xb, yb = x[i:i + chunk].to(dev), y[i:i + chunk].to(dev)
             with autocast(dev, dtype):
                 out = model(xb)
             total += float(loss_fn(out, yb))
@@ -183,7 +188,7 @@ def _scaled_lr(lr: float, config: TrainConfig, world: int) -> float:
     return lr
 
 
-def _fit_one(base: nn.Module, split: DataSplit, config: TrainConfig, lr: float,
+def _fit_one(base: nn.Module, data: tuple[torch.Tensor, ...], config: TrainConfig, lr: float,
              dev: torch.device, dtype: Any,
              on_epoch: Callable[[EpochLog], None] | None) -> tuple[Prepared, list[EpochLog],
                                                                   int, float, float, int]:
@@ -198,8 +203,7 @@ def _fit_one(base: nn.Module, split: DataSplit, config: TrainConfig, lr: float,
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    x, y = _tensors(split.train, config.task)
-    xv, yv = _tensors(split.validation, config.task)
+    x, y, xv, yv = data
     loss_fn = _loss_fn(config.task)
     global_batch = config.batch_size * world
     steps_per_epoch = math.ceil(len(x) / global_batch)
@@ -290,10 +294,11 @@ def fit(model: nn.Module, split: DataSplit, config: TrainConfig | None = None, *
     diverged: list[dict[str, Any]] = []
     grid: dict[str, float] = {}
     last_error: TrainingDivergedError | None = None
+    data = (*_tensors(model, split.train, cfg.task), *_tensors(model, split.validation, cfg.task))
     for lr in cfg.lr_grid:
         try:
             prep, hist, epoch, val_loss, val_metric, steps = _fit_one(
-                model, split, cfg, lr, dev, dtype, on_epoch)
+                model, data, cfg, lr, dev, dtype, on_epoch)
         except TrainingDivergedError as exc:
             log.warning("%s", exc)
             diverged.append({"lr": lr, "step": exc.step, "reason": exc.reason})

@@ -13,11 +13,14 @@ from torch import nn
 
 from embeddings.loading import load_state_dict_model, load_torchscript
 from training.recalibrate import PriorCorrected
+from training.text import TEXT_KINDS, TextClassifier, load_text_model
 
 __all__ = ["KINDS", "ModelSpec", "load_weights", "save_weights"]
 
-KINDS = ("state_dict", "torchscript")
-_FILES = {"state_dict": "weights.pt", "torchscript": "model.pt"}
+KINDS = ("state_dict", "torchscript", "transformers", "sentence_transformers")
+# text models are folders (training/text.py documents their layout)
+_FILES = {"state_dict": "weights.pt", "torchscript": "model.pt", "transformers": "model",
+          "sentence_transformers": "model"}
 
 
 @dataclass(frozen=True)
@@ -29,18 +32,29 @@ class ModelSpec:
     read with ``weights_only=True``. ``kind="torchscript"``: one TorchScript file.
     ``wrapper="prior_corrected"`` marks a recalibrated challenger whose head could not
     absorb the shift (its state dict holds ``base.*`` and ``log_weights``).
+    ``kind="transformers"`` / ``"sentence_transformers"``: a text classifier folder
+    (:mod:`training.text`); ``max_length`` is its token limit (None: the model's own, 128
+    if it names none; never beyond the model's).
     """
 
     kind: str = "state_dict"
     factory: str | None = None
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
     wrapper: str | None = None
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "state_dict" and not self.factory:
             raise ValueError("kind 'state_dict' needs factory ('package.module:function')")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2 tokens, got {self.max_length!r}")
+
+    @property
+    def text(self) -> bool:
+        """Whether the model reads raw text (a tokenised path)."""
+        return self.kind in TEXT_KINDS
 
     @property
     def filename(self) -> str:
@@ -55,6 +69,8 @@ def load_weights(spec: ModelSpec, path: str | os.PathLike[str]) -> nn.Module:
     """Load the model at ``path``; a missing or corrupt file raises ``ModelLoadError``."""
     if spec.kind == "torchscript":
         return load_torchscript(path).module  # type: ignore[no-any-return]
+    if spec.text:
+        return load_text_model(spec.kind, path, spec.max_length)
     assert spec.factory is not None
     if spec.wrapper == "prior_corrected":
         from embeddings.loading import _read_state_dict, resolve_factory
@@ -71,7 +87,12 @@ def load_weights(spec: ModelSpec, path: str | os.PathLike[str]) -> nn.Module:
 def save_weights(module: nn.Module, spec: ModelSpec, folder: Path) -> Path:
     """Write ``module`` into ``folder`` in ``spec``'s form; returns the file."""
     path = folder / spec.filename
-    if spec.kind == "torchscript":
+    if spec.text:
+        if not isinstance(module, TextClassifier):
+            raise ValueError(f"kind {spec.kind!r} stores a training.text.TextClassifier, got "
+                             f"{type(module).__name__}")
+        module.save(path)
+    elif spec.kind == "torchscript":
         with warnings.catch_warnings():
             # torch >= 2.9 deprecates TorchScript; a model deployed as TorchScript is still
             # stored as one (embeddings/loading.py reads it the same way)

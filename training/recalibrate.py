@@ -8,6 +8,7 @@ from torch import nn
 
 from training.loop import clone_model
 from training.strategies import head_name
+from training.text import model_inputs
 
 __all__ = ["PriorCorrected", "recalibrate"]
 
@@ -41,7 +42,7 @@ def recalibrate(model: nn.Module, weights: np.ndarray, probe: np.ndarray) -> nn.
     """
     log_w = _log_weights(weights)
     challenger = clone_model(model).cpu().eval()
-    x = torch.as_tensor(np.asarray(probe[:16], dtype=np.float32))
+    x = model_inputs(challenger, probe[:16])  # texts: tokenised by the model's tokenizer
     with torch.no_grad():
         before = challenger(x)
         if before.shape[-1] != len(log_w):

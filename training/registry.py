@@ -35,7 +35,7 @@ from torch import nn
 from training.errors import RegistryError
 from training.modelio import ModelSpec, load_weights, save_weights
 
-__all__ = ["STATUSES", "Aliases", "Registry", "VersionInfo", "atomic_write_json"]
+__all__ = ["BACKENDS", "STATUSES", "Aliases", "Registry", "VersionInfo", "atomic_write_json"]
 
 STATUSES = ("baseline", "candidate", "promoted", "rejected")
 _VERSION = re.compile(r"^v(\d{4,})$")
@@ -94,11 +94,55 @@ class VersionInfo:
         return self.path / self.spec.filename
 
 
-class Registry:
-    """Model versions under ``root``, one folder per model name."""
+BACKENDS = ("directory", "mlflow")
+_BACKEND_FILE = "registry.json"
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+
+class Registry:
+    """Model versions under ``root``, one folder per model name.
+
+    ``backend="mlflow"`` mirrors every version and the ``champion`` / ``previous`` aliases
+    into an MLflow model registry at ``tracking_uri`` (:mod:`training.mlflow_registry`);
+    the choice is stored in ``<root>/registry.json``, so every later ``Registry(root)`` (the
+    job, ``promote``, ``rollback``, the daemon) mirrors alike. ``backend="directory"``
+    stops mirroring; None (the default) keeps what the folder says.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, backend: str | None = None,
+                 tracking_uri: str | None = None) -> None:
         self.root = Path(root)
+        self._mirror: Any = None
+        stored = self.root / _BACKEND_FILE
+        if backend is None:
+            config = _read_json(stored) if stored.is_file() else {}
+            backend, tracking_uri = config.get("backend", "directory"), config.get(
+                "tracking_uri")
+        elif backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        elif backend == "mlflow" or stored.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(stored, {"backend": backend, "tracking_uri": tracking_uri})
+        if backend not in BACKENDS:
+            raise RegistryError(f"{stored}: unknown backend {backend!r} (one of {BACKENDS})")
+        self.backend = backend
+        self.tracking_uri = tracking_uri
+
+    def mirror(self) -> Any:
+        """The :class:`~training.mlflow_registry.MlflowMirror` (mlflow backend) or None;
+        built on first use, so readers such as the daemon never import mlflow."""
+        if self.backend == "mlflow" and self._mirror is None:
+            from training.mlflow_registry import MlflowMirror
+
+            self._mirror = MlflowMirror(self.tracking_uri)
+        return self._mirror
+
+    def sync(self, model: str) -> dict[str, str]:
+        """Mirror ``model``'s versions and aliases into MLflow now (the mlflow backend;
+        idempotent); returns driftline version -> MLflow version, {} without a mirror."""
+        if self.mirror() is None:
+            return {}
+        return self._mirror.sync(model, self.versions(model),  # type: ignore[no-any-return]
+                                 self.aliases(model))
 
     # --- reading ---------------------------------------------------------------------
 
@@ -180,6 +224,7 @@ class Registry:
             raise
         self._event(model, {"event": "register", "version": version, "status": status,
                             "parent": parent})
+        self.sync(model)
         return self.version(model, version)
 
     def set_status(self, model: str, version: str, status: str) -> None:
@@ -189,6 +234,7 @@ class Registry:
         info = self.version(model, version)
         atomic_write_json(info.path / "metrics.json", {**info.metrics, "status": status})
         self._event(model, {"event": status, "version": version})
+        self.sync(model)
 
     def promote(self, model: str, version: str, *, force: bool = False) -> Aliases:
         """Make ``version`` the champion; the old champion becomes ``previous``.
@@ -227,6 +273,7 @@ class Registry:
         atomic_write_json(self._model_dir(model) / "aliases.json",
                           {"champion": aliases.champion, "previous": aliases.previous,
                            "stack": list(aliases.stack)})
+        self.sync(model)
 
     def events(self, model: str) -> list[dict[str, Any]]:
         """The model's event log (what a promotions table or annotation needs)."""

@@ -53,13 +53,15 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
     """Parameter-owning modules grouped into depths, top (head) first.
 
     Modules under a numbered container (``encoder.layer.3.*``, ``features.0``) form one
-    group per number; others are their own group.
+    group per number; other nested modules one group per parent (a transformer's
+    ``embeddings.word_embeddings``, ``position_embeddings`` and ``LayerNorm`` unfreeze
+    together); top-level ones are their own group.
     """
     keys: list[str] = []
     members: dict[str, list[str]] = {}
     for name, _m in _leaf_modules(model):
         match = _NUMBERED.match(name)
-        key = match.group(1) if match else name
+        key = match.group(1) if match else name.rpartition(".")[0] or name
         if key not in members:
             keys.append(key)
             members[key] = []
@@ -103,9 +105,11 @@ def _prepare_lora(model: nn.Module, config: TrainConfig, lr: float, head: str) -
         import peft
     except ImportError as exc:
         raise ImportError("strategy 'lora' needs peft: pip install 'driftline[training]'") from exc
-    targets = list(config.lora_targets) if config.lora_targets is not None else [
-        n for n, m in model.named_modules()
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and n != head]
+    if config.lora_targets is not None:
+        targets = _named_targets(model, config.lora_targets, head)
+    else:
+        targets = [n for n, m in model.named_modules()
+                   if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and n != head]
     if not targets:
         raise ValueError("strategy 'lora' found no Linear/Conv modules to adapt besides the "
                          "head; set lora_targets")
@@ -117,6 +121,20 @@ def _prepare_lora(model: nn.Module, config: TrainConfig, lr: float, head: str) -
     wrapped = peft.get_peft_model(model, lora_config)
     params = [p for p in wrapped.parameters() if p.requires_grad]
     return Prepared(wrapped, [{"params": params, "lr": lr, "depth": 0}], [0], lora=True)
+
+
+def _named_targets(model: nn.Module, wanted: tuple[str, ...], head: str) -> list[str]:
+    """Module names for ``lora_targets``: a full name, or a last name part (``query``,
+    ``value``) matching that part in every layer, as in a transformer's attention."""
+    names = [n for n, _m in model.named_modules() if n and n != head]
+    out: list[str] = []
+    for target in wanted:
+        found = [n for n in names if n == target or n.endswith("." + target)]
+        if not found:
+            raise ValueError(f"lora_targets: no module named {target!r} (or ending in "
+                             f"'.{target}') besides the head {head!r}")
+        out += [n for n in found if n not in out]
+    return out
 
 
 def count_trainable(model: nn.Module) -> int:

@@ -189,3 +189,58 @@ def test_a_champion_that_cannot_be_served_keeps_the_reference_and_spares_others(
         assert rows(d.store.engine, ChampionSwitchRow) == []
     finally:
         loop.close()
+
+
+def test_switch_index_with_event_time_windows(loop_dir: Path) -> None:
+    """Time windows (event time, epoch-aligned, not counts): a promotion while a window is
+    open takes effect from the window after it; the open one is still evaluated by the
+    version before, every later one by the new version, and the switch row says which."""
+    import yaml
+
+    from training import ModelSpec, Registry
+
+    seconds = 100
+    opts = LoopOptions(**{**OPTS.__dict__, "workdir": loop_dir, "records": 700,
+                          "drift_at": 700, "min_labelled": 10_000})
+    cfg = prepare(opts)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["models"][0]["window"] = {"kind": "time", "seconds": seconds}
+    cfg.write_text(yaml.safe_dump(doc))
+    registry = Registry(loop_dir / "registry")
+    spec = ModelSpec("state_dict", "monitor.demo_loop:model")
+    from training import load_weights
+
+    deployed = load_weights(spec, loop_dir / "model.pt")
+    registry.register(MODEL, deployed, spec, parent=None, run={}, metrics={},
+                      status="baseline")
+    registry.promote(MODEL, "v0001")
+    x, y = stream(opts)
+    loop = Loop(opts, cfg, say=lambda _line: None)
+    try:
+        loop.feed(0, x[:350], y[:350])  # records at T0 + i seconds: window 3 is open
+        from monitor.demo_loop import T0
+
+        first = int(T0 // seconds)  # T0 is a multiple of 100: records 0-99 are window first
+        open_now = [w.index for w in loop.daemon.pipeline.models[MODEL].features.windows
+                    .open_windows()]
+        assert open_now == [first + 3]
+        registry.register(MODEL, deployed, spec, parent="v0001", run={}, metrics={},
+                          status="candidate")
+        registry.promote(MODEL, "v0002")
+        loop.feed(350, x[350:], y[350:], last=True)
+        engine = loop.daemon.store.engine
+        (switch,) = [s for s in rows(engine, ChampionSwitchRow) if s.event == "promote"]
+        assert switch.version == "v0002" and switch.features_window == first + 4
+        # the newest prediction seen at the switch: record 349
+        assert switch.event_time == T0 + 349  # exact: approx would allow ~1,800 s here
+        # labels arrive 300 records late: those of records 50-349 (predicted before the
+        # switch) are superseded, those of 350-399 (window 3, predicted after it) are not
+        get = loop.daemon.metrics.registry.get_sample_value
+        assert get("driftline_labels_total", {"outcome": "superseded"}) == 300
+        by_index = {w.window_index - first: w.model_version for w in rows(engine, WindowRow)
+                    if w.stream == "features"}
+        # records 350-399 joined window 3 after the switch: still the version before
+        assert by_index == {0: "v0001", 1: "v0001", 2: "v0001", 3: "v0001", 4: "v0002",
+                            5: "v0002"}
+    finally:
+        loop.close()

@@ -426,3 +426,52 @@ def test_a_rebalance_during_a_database_outage_waits_for_the_database(tmp_path: P
     assert time.monotonic() - t0 < 30
     windows_ = {(r["model"], r["window_index"]) for r in d.store.results()}
     assert windows_ == {(m, i) for m in ("model-a", "model-b") for i in (0, 1)}
+
+
+def test_a_revoke_alone_in_an_outage_lets_its_assignment_complete(tmp_path: Path) -> None:
+    """A revoke and its assignment can come in separate polls; while stored state cannot be
+    read the loop keeps polling (partitions paused, nothing processed), so the group's
+    rebalance completes during the outage instead of waiting for the database."""
+
+    class PausableSource(ListSource):
+        paused = False
+
+        def pause(self) -> None:
+            self.paused = True
+
+        def resume(self) -> None:
+            self.paused = False
+
+    source = PausableSource(interleaved(1000), batch=300)
+    d = daemon(two_model_settings(tmp_path, tmp_path / "r.db"), source)
+    d.pipeline.delivery.retry = RetryPolicy(initial_s=0.01, max_s=0.05)
+    outage: Outage | None = None
+    assigned_in_outage: list[bool] = []
+    read_while_paused: list[int] = []
+    real_poll = source.poll
+
+    def poll(timeout_s: float) -> list[Message]:
+        nonlocal outage
+        if source.i == 600 and outage is None:
+            outage = Outage(d.store)
+            source.revoked([("logs", 0)])  # the revoke alone: this poll returns nothing
+            # storage comes back after 3 s at the latest (a loop that stops polling in the
+            # outage sees the assignment only then)
+            threading.Timer(3.0, lambda: setattr(outage, "down", False)).start()
+            return []
+        if outage is not None and not assigned_in_outage:
+            assigned_in_outage.append(outage.down)
+            source.assigned([("logs", 0)])
+            threading.Timer(0.3, lambda: setattr(outage, "down", False)).start()
+        if source.paused:
+            read_while_paused.append(source.i)
+            return []
+        return real_poll(timeout_s)
+
+    source.poll = poll  # type: ignore[method-assign]
+    d.pipeline.run(threading.Event(), until_exhausted=True)
+    assert assigned_in_outage == [True]
+    assert read_while_paused  # the outage's polls were made with the partitions paused
+    assert not source.paused
+    windows_ = {(r["model"], r["window_index"]) for r in d.store.results()}
+    assert windows_ == {(m, i) for m in ("model-a", "model-b") for i in (0, 1)}

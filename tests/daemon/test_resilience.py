@@ -119,6 +119,9 @@ def test_revoke_flushes_complete_windows_drops_open_ones_and_rewinds_kept_partit
     assert source.committed[("t", 0)] == 800
     assert daemon.metrics.registry.get_sample_value(
         "driftline_consumer_lag_records", {"topic": "t", "partition": "0"}) == 0
+    # partition 1's lag is its new owner's to export (summed over workers and instances)
+    assert daemon.metrics.registry.get_sample_value(
+        "driftline_consumer_lag_records", {"topic": "t", "partition": "1"}) is None
 
 
 def test_health_endpoints_follow_source_and_storage_state(tmp_path: Path) -> None:

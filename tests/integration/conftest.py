@@ -7,6 +7,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+#: The daemon's Kafka clients (setting source.kafka.client); the delivery tests run with each.
+KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
+
+
+@pytest.fixture(params=KAFKA_CLIENTS)
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """The Kafka client a test's daemons use: the test runs once per client."""
+    return str(request.param)
+
 
 @pytest.fixture
 def fresh_db(postgres_server) -> Iterator[Callable[[str], str]]:  # type: ignore[no-untyped-def]

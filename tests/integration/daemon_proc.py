@@ -8,7 +8,8 @@ import ...``; ``tests/conftest.py`` puts ``tests/`` on ``sys.path``):
 * :func:`produce_streams` - produce records ``[start, stop)`` of every stream, interleaved
   round-robin, each keyed by its model name (count windows are deterministic across restarts
   only then, see README "Delivery guarantee").
-* :class:`DaemonProc` - writes a settings file for the streams, starts / SIGKILLs /
+* :class:`DaemonProc` - writes a settings file for the streams (``client``: the Kafka client,
+  see the ``kafka_client`` fixture that runs a test once per client), starts / SIGKILLs /
   SIGTERMs the daemon (output appended to ``daemon.log``), reads ``/metrics``, ``/readyz``,
   the stored windows and results, and waits for conditions, failing with the log tail.
 * :func:`uninterrupted_results` - the expected results: a second daemon (own group id, own
@@ -162,7 +163,9 @@ class DaemonProc:
                  streams: Sequence[SyntheticStream], window: int, group: str | None = None,
                  consumer: Mapping[str, Any] | None = None, log_level: str = "INFO",
                  model_extra: Mapping[str, Any] | None = None,
-                 kafka_extra: Mapping[str, Any] | None = None) -> None:
+                 kafka_extra: Mapping[str, Any] | None = None, workers: int = 1,
+                 client: str = "kafka-python") -> None:
+        self.workers = workers  # `driftline run --workers`; 1: one process, no supervisor
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bootstrap, self.topic, self.db_url = bootstrap, topic, db_url
@@ -181,6 +184,7 @@ class DaemonProc:
             "source": {"kafka": {
                 "bootstrap_servers": bootstrap, "topics": [topic], "group_id": self.group,
                 "dead_letter_topic": f"{self.group}-dead-letter", "poll_timeout_ms": 200,
+                "client": client,
                 "consumer": {**FAST_GROUP, **dict(consumer or {})}, **dict(kafka_extra or {})}},
             "metrics": {"address": "127.0.0.1", "port": self.port},
             "storage": {"url": db_url},
@@ -200,7 +204,8 @@ class DaemonProc:
             fh.write(f"=== test harness: start #{self.starts} at {time.time():.3f}\n".encode())
             fh.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "monitor.cli", "run", "--config", str(self.config_path)],
+                [sys.executable, "-m", "monitor.cli", "run", "--config", str(self.config_path),
+                 "--workers", str(self.workers)],
                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                 cwd=self.workdir, env={**os.environ, "PYTHONPATH": str(ROOT)})
         register_cleanup(self, self._kill_quietly)
@@ -357,13 +362,14 @@ def assert_same_results(got: Mapping[ResultKey, Mapping[str, Any]],
 def uninterrupted_results(workdir: Path, *, bootstrap: str, topic: str, db_url: str,
                           streams: Sequence[SyntheticStream], window: int,
                           counts: Mapping[str, int], timeout: float = 240.0,
-                          proc: DaemonProc | None = None) -> dict[ResultKey, dict[str, Any]]:
+                          proc: DaemonProc | None = None,
+                          client: str = "kafka-python") -> dict[ResultKey, dict[str, Any]]:
     """What a daemon run without faults stores for the records on ``topic``: a second real
     daemon (own group id ``<topic>-<workdir name>``, own database ``db_url``) run until every
     full window is stored, then SIGTERMed. Pass ``proc`` (a started DaemonProc made with the
     same arguments) to run it concurrently with something else and collect it here."""
     ref = proc or DaemonProc(workdir, bootstrap=bootstrap, topic=topic, db_url=db_url,
-                             streams=streams, window=window)
+                             streams=streams, window=window, client=client)
     try:
         if not ref.alive and ref.starts == 0:
             ref.start()

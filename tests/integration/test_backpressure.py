@@ -22,13 +22,15 @@ STREAM = SyntheticStream(seed=21)
 SLOW_S = 9.0  # longer than max.poll.interval.ms below
 
 
-def _run(tmp_path: Path, kafka_broker, topic: str, *, keepalive_s: float) -> float:  # type: ignore[no-untyped-def]
+def _run(tmp_path: Path, kafka_broker, topic: str, *, keepalive_s: float,  # type: ignore[no-untyped-def]
+         client: str) -> float:
     ref = STREAM.write_reference_csv(tmp_path / "ref.csv", 2000)
     settings = parse_settings({
         "source": {"kafka": {
             "bootstrap_servers": kafka_broker.bootstrap, "topics": [topic],
-            "group_id": f"bp-{uuid.uuid4().hex[:8]}", "poll_timeout_ms": 200,
-            "consumer": {"max_poll_interval_ms": 5000, "session_timeout_ms": 6000,
+            "group_id": f"bp-{uuid.uuid4().hex[:8]}", "poll_timeout_ms": 200, "client": client,
+            # librdkafka wants max.poll.interval.ms >= session.timeout.ms
+            "consumer": {"max_poll_interval_ms": 6000, "session_timeout_ms": 6000,
                          "heartbeat_interval_ms": 1000}}},
         "storage": {"url": f"sqlite:///{tmp_path}/r.db"},
         "models": [STREAM.settings_doc(ref, 1000)],
@@ -65,12 +67,12 @@ def _run(tmp_path: Path, kafka_broker, topic: str, *, keepalive_s: float) -> flo
 
 
 def test_slow_evaluation_does_not_cost_group_membership(tmp_path: Path, kafka_broker,  # type: ignore[no-untyped-def]
-                                                         kafka_topic) -> None:
+                                                         kafka_topic, kafka_client: str) -> None:
     topic = kafka_topic(partitions=1)
     produce(kafka_broker.bootstrap, topic, ((None, v) for v in STREAM.encoded(3000)))
     (tmp_path / "a").mkdir()
-    assert _run(tmp_path / "a", kafka_broker, topic, keepalive_s=0.5) == 0
+    assert _run(tmp_path / "a", kafka_broker, topic, keepalive_s=0.5, client=kafka_client) == 0
 
     # control: without the keep-alive polling the same stall loses the partitions
     (tmp_path / "b").mkdir()
-    assert _run(tmp_path / "b", kafka_broker, topic, keepalive_s=3600) >= 1
+    assert _run(tmp_path / "b", kafka_broker, topic, keepalive_s=3600, client=kafka_client) >= 1

@@ -81,10 +81,14 @@ def read_all(bootstrap: str, topic: str, partitions: int) -> list:
 
 
 def test_dead_letters_reach_the_topic_once_through_kills_and_restarts(
-        kafka_broker, kafka_topic, fresh_db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        kafka_broker, kafka_topic, fresh_db, kafka_client: str,  # type: ignore[no-untyped-def]
+        tmp_path: Path) -> None:
     rng = random.Random(SEED)
     streams = make_streams(3, partitions=PARTITIONS)
-    counts = {s.model: 20_000 for s in streams}
+    # 8,000 per model (was 20,000), kills at 1,000-4,000 records (was 8,000): kills land soon
+    # after a process's first dead-letter flush, where duplicates were seen (2026-12-07, both
+    # clients: marks recovered from the topic are never stored; see the helper3/confluent report)
+    counts = {s.model: 8_000 for s in streams}
     topic = kafka_topic(PARTITIONS)
     bootstrap = kafka_broker.bootstrap
     n_poison = 0
@@ -99,12 +103,13 @@ def test_dead_letters_reach_the_topic_once_through_kills_and_restarts(
     assert len(poisoned) == n_poison == 1_500
 
     d = DaemonProc(tmp_path / "dl", bootstrap=bootstrap, topic=topic,
-                   db_url=fresh_db("deadletters"), streams=streams, window=WINDOW)
+                   db_url=fresh_db("deadletters"), streams=streams, window=WINDOW,
+                   client=kafka_client)
     stops: list[tuple[str, int]] = []
     with d:
         for i in range(7):  # 4 kills, then 3 graceful stops, at random progress
             d.start()
-            threshold = rng.randint(1_000, 8_000)
+            threshold = rng.randint(1_000, 4_000)
             d.wait_for(lambda t=threshold: (d.metric("driftline_records_consumed_total") or 0)
                        >= t, 90, f"{threshold} records consumed", interval=0.05)
             time.sleep(rng.uniform(0.0, 0.3))
@@ -142,7 +147,7 @@ def test_dead_letters_reach_the_topic_once_through_kills_and_restarts(
 
 
 def test_database_outage_during_start_up_and_rebalance_stops_no_daemon(
-        kafka_broker, postgres_server, kafka_topic, fresh_db,
+        kafka_broker, postgres_server, kafka_topic, fresh_db, kafka_client: str,
         tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     streams = make_streams(4, partitions=PARTITIONS)
     counts = {s.model: 6_000 for s in streams}
@@ -150,7 +155,8 @@ def test_database_outage_during_start_up_and_rebalance_stops_no_daemon(
     bootstrap = kafka_broker.bootstrap
     db = fresh_db("rebalance_outage")
     produce_streams(bootstrap, topic, streams, counts, stop=3_000)
-    common = dict(bootstrap=bootstrap, topic=topic, db_url=db, streams=streams, window=WINDOW)
+    common = dict(bootstrap=bootstrap, topic=topic, db_url=db, streams=streams, window=WINDOW,
+                  client=kafka_client)
     a = DaemonProc(tmp_path / "a", group="outage-group", **common)
     b = DaemonProc(tmp_path / "b", group="outage-group", **common)
     c = DaemonProc(tmp_path / "c", group="outage-group", **common)
@@ -170,15 +176,12 @@ def test_database_outage_during_start_up_and_rebalance_stops_no_daemon(
             t_down = time.monotonic()
             # b leaves: a's partitions move and it must reload stored state from storage
             before = a.log_text().count("partitions assigned")
-            seen = len(a.log_text())
             assert b.terminate() == 0, b.log_tail()
-            # a's rebalance completes in the outage when kafka-python delivers the revoke
-            # and the new assignment in one poll; when it delivers the revoke alone, the
-            # state reload waits for storage (retrying, alive, not polling) and the new
-            # assignment completes once PostgreSQL is back (checked below)
-            a.wait_for(lambda: a.log_text().count("partitions assigned") > before
-                       or "cannot read stored offsets" in a.log_text()[seen:], 60,
-                       "a's rebalance after b left, or its state reload waiting for storage")
+            # a's rebalance completes in the outage: while its state reload waits for
+            # storage it keeps polling with its partitions paused, so an assignment that
+            # kafka-python delivers in a later poll than the revoke still arrives
+            a.wait_for(lambda: a.log_text().count("partitions assigned") > before, 60,
+                       "a's rebalance after b left, during the outage")
             a.wait_for(lambda: a.http_status("/readyz") == 503, 30, "a's /readyz to say 503")
             # c starts during the outage: it must wait for the database, not exit
             c.start()

@@ -31,7 +31,8 @@ def assigned(d: DaemonProc) -> list[int] | None:
 
 
 def test_a_daemon_stops_exporting_the_drift_of_models_whose_partitions_moved_away(
-        kafka_broker, kafka_topic, fresh_db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        kafka_broker, kafka_topic, fresh_db, kafka_client: str,  # type: ignore[no-untyped-def]
+        tmp_path: Path) -> None:
     t0 = time.monotonic()
     streams = make_streams(2, partitions=PARTITIONS, drift_at=WINDOW, magnitude=1.0)
     models = [s.model for s in streams]
@@ -39,7 +40,7 @@ def test_a_daemon_stops_exporting_the_drift_of_models_whose_partitions_moved_awa
     counts = {m: 3 * WINDOW for m in models}
     topic, db = kafka_topic(PARTITIONS), fresh_db("owned")
     common = dict(bootstrap=kafka_broker.bootstrap, topic=topic, db_url=db, streams=streams,
-                  window=WINDOW, group=f"g-{topic}")
+                  window=WINDOW, group=f"g-{topic}", client=kafka_client)
     with DaemonProc(tmp_path / "a", **common) as a, DaemonProc(tmp_path / "b", **common) as b:
         # 1. One daemon reads both models: two windows each, the second one drifted.
         produce_streams(kafka_broker.bootstrap, topic, streams, counts, 0, 2 * WINDOW)

@@ -134,7 +134,8 @@ class Daemon:
 
     def __init__(self, workdir: Path, name: str, *, bootstrap: str, topic: str, group: str,
                  dead_letter_topic: str, db_url: str, models: Sequence[dict[str, Any]],
-                 consumer: Mapping[str, Any] | None = None) -> None:
+                 consumer: Mapping[str, Any] | None = None,
+                 client: str = "kafka-python") -> None:
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,8 @@ class Daemon:
         self.config.write_text(yaml.safe_dump({
             "source": {"kafka": {"bootstrap_servers": bootstrap, "topics": [topic],
                                  "group_id": group, "dead_letter_topic": dead_letter_topic,
-                                 "poll_timeout_ms": 100, "consumer": dict(consumer or {})}},
+                                 "poll_timeout_ms": 100, "consumer": dict(consumer or {}),
+                                 "client": client}},
             "metrics": {"address": "127.0.0.1", "port": self.port},
             "storage": {"url": db_url},
             "models": list(models),
@@ -456,7 +458,7 @@ def produce_plan(bootstrap: str, topic: str, plan: Sequence[tuple[Any, ...]]) ->
 
 
 def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
-        kafka_broker, topics, fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        kafka_broker, topics, fresh_db, kafka_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
     t_start = time.monotonic()
     models = poison_models()
     streams = [s for s, _ in models]
@@ -529,10 +531,10 @@ def test_poison_records_are_dead_lettered_exactly_once_and_change_nothing(
         int(POISON_RECORDS / 100 / TIME_WINDOW_S) - 1
     d_poison = Daemon(tmp_path, "poisoned", bootstrap=kafka_broker.bootstrap, topic=poisoned,
                       group=f"g-{poisoned}", dead_letter_topic=dlq,
-                      db_url=fresh_db("poisoned"), models=model_docs)
+                      db_url=fresh_db("poisoned"), models=model_docs, client=kafka_client)
     d_clean = Daemon(tmp_path, "clean", bootstrap=kafka_broker.bootstrap, topic=clean,
                      group=f"g-{clean}", dead_letter_topic=clean_dlq,
-                     db_url=fresh_db("clean"), models=model_docs)
+                     db_url=fresh_db("clean"), models=model_docs, client=kafka_client)
     both = [d_poison, d_clean]
     try:
         for d in both:  # they start up (imports, group join) while the records are produced
@@ -642,7 +644,7 @@ def interleaved(streams: Sequence[SyntheticStream], start: int, stop: int
 
 
 def test_scale_out_survivors_take_over_a_stopped_daemons_partitions(
-        kafka_broker, topics, fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        kafka_broker, topics, fresh_db, kafka_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
     t_start = time.monotonic()
     names = names_per_partition("scale-", 2)  # two models on every partition
     streams = [SyntheticStream(model=n, seed=100 + i, drift_at=1_600 if i % 2 else None,
@@ -654,10 +656,12 @@ def test_scale_out_survivors_take_over_a_stopped_daemons_partitions(
     group, shared_db = f"g-{topic}", fresh_db("scaled")
     bootstrap = kafka_broker.bootstrap
     members = [Daemon(tmp_path, f"member-{i}", bootstrap=bootstrap, topic=topic, group=group,
-                      dead_letter_topic=dlq, db_url=shared_db, models=model_docs)
+                      dead_letter_topic=dlq, db_url=shared_db, models=model_docs,
+                      client=kafka_client)
                for i in range(3)]
     single = Daemon(tmp_path, "single", bootstrap=bootstrap, topic=topic, group=f"g1-{topic}",
-                    dead_letter_topic=dlq, db_url=fresh_db("single"), models=model_docs)
+                    dead_letter_topic=dlq, db_url=fresh_db("single"), models=model_docs,
+                    client=kafka_client)
     n_windows = len(streams) * (SCALE_RECORDS // SCALE_WINDOW)
     # Tables first: members starting together race to create them (see the next test).
     stored(shared_db)

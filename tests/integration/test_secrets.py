@@ -125,12 +125,13 @@ def password_file(tmp_path: Path, secret: str = KAFKA_SECRET) -> Path:
 
 
 def settings_doc(tmp_path: Path, *, bootstrap: str, topic: str, dead_letter_topic: str,
-                 security: dict[str, Any]) -> dict[str, Any]:
+                 security: dict[str, Any], client: str = "kafka-python") -> dict[str, Any]:
     ref = STREAM.write_reference_csv(tmp_path / "reference.csv", 2_000)
     return {
         "source": {"kafka": {"bootstrap_servers": bootstrap, "topics": [topic],
                              "group_id": f"g-{topic}", "dead_letter_topic": dead_letter_topic,
-                             "poll_timeout_ms": 200, "security": security}},
+                             "poll_timeout_ms": 200, "security": security,
+                             "client": client}},
         "metrics": {"address": "127.0.0.1", "port": free_port()},
         # overridden from the environment (DRIFTLINE__STORAGE__URL), as in production
         "storage": {"url": "sqlite:///not-used.db"},
@@ -183,7 +184,7 @@ def test_sasl_listener_needs_the_password(sasl_broker: SaslKafkaBroker) -> None:
 
 
 def test_daemon_at_debug_logs_neither_secret(sasl_broker: SaslKafkaBroker,
-                                             app_database: tuple[str, str],
+                                             app_database: tuple[str, str], kafka_client: str,
                                              tmp_path: Path) -> None:
     url, _ = app_database
     suffix = uuid.uuid4().hex[:8]
@@ -195,7 +196,7 @@ def test_daemon_at_debug_logs_neither_secret(sasl_broker: SaslKafkaBroker,
     config = tmp_path / "driftline.yml"
     config.write_text(yaml.safe_dump(settings_doc(
         tmp_path, bootstrap=sasl_broker.sasl_bootstrap, topic=topic, dead_letter_topic=dlq,
-        security=sasl_security(password_file(tmp_path)))))
+        security=sasl_security(password_file(tmp_path)), client=kafka_client)))
     out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
     with out.open("wb") as fo, err.open("wb") as fe:
         proc = subprocess.Popen(
@@ -225,8 +226,8 @@ def test_daemon_at_debug_logs_neither_secret(sasl_broker: SaslKafkaBroker,
     assert log.count("rejected record at") == len(BAD), log[-3000:]
     assert_no_secret(log, "the daemon's output")
     # the storage URL is logged nowhere else either: e.g. the PostgreSQL user name is fine
-    print(f"\nsecrets: daemon at DEBUG over SASL/PLAIN and PostgreSQL printed {len(log)} "
-          f"characters ({log.count(chr(10))} lines), neither password among them")
+    print(f"\nsecrets: {kafka_client} daemon at DEBUG over SASL/PLAIN and PostgreSQL printed "
+          f"{len(log)} characters ({log.count(chr(10))} lines), neither password among them")
 
 
 def test_daemon_with_a_wrong_kafka_password_does_not_print_it(

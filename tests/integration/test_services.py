@@ -163,3 +163,36 @@ def test_prometheus_rules_fire_into_alertmanager(
     while not (alerts := alertmanager.alerts()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [a["labels"]["alertname"] for a in alerts] == ["DriftlineSmoke"]
+
+
+def test_confluent_kafka_client_produces_consumes_and_commits(kafka_broker, kafka_topic) -> None:
+    """The optional fast client (source.kafka.client: confluent-kafka) is installed and
+    talks to the test broker: librdkafka produces, consumes in a group and commits."""
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import TopicPartition as CTP
+
+    topic = kafka_topic(partitions=3)
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "acks": "all",
+                         "partitioner": "murmur2_random"})
+    for i in range(100):
+        producer.produce(topic, key=f"k{i}".encode(), value=f"v{i}".encode())
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap,
+                         "group.id": f"smoke-ck-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        consumer.subscribe([topic])
+        records: list = []
+        deadline = time.monotonic() + 30
+        while len(records) < 100 and time.monotonic() < deadline:
+            records += [r for r in consumer.consume(100, 0.5) if r.error() is None]
+        consumer.commit(asynchronous=False)
+        committed = consumer.committed([CTP(topic, p) for p in range(3)], timeout=10)
+    finally:
+        consumer.close()
+    assert sorted(r.value() for r in records) == sorted(f"v{i}".encode() for i in range(100))
+    assert {r.partition() for r in records} == {0, 1, 2}
+    # murmur2, as kafka-python and Java: the same key lands on the same partition
+    from kafka.partitioner.default import murmur2
+    assert all(r.partition() == (murmur2(r.key()) & 0x7FFFFFFF) % 3 for r in records)
+    assert sum(tp.offset for tp in committed) == 100
