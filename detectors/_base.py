@@ -26,6 +26,7 @@ from ._common import (
     NUMERIC_KINDS,
     assemble,
     assemble_distances,
+    can_reject,
     check_int,
     check_unit_interval,
     current_columns,
@@ -175,7 +176,9 @@ class PerFeatureDistance(PerFeatureDetector):
     ``p_value`` the marginal resampling p-value, and its ``null_quantile`` the distance
     it has to exceed for ``adjusted_p_value < alpha`` (up to ties: a feature drifts when
     ``adjusted_p_value < alpha``). The smallest attainable p-value
-    is :math:`1 / (B + 1)`.
+    is :math:`1 / (B + 1)`: when it is not below ``alpha`` (``n_resamples=19`` at
+    ``alpha=0.01``) nothing could be flagged and every window is ``insufficient_data``
+    (:func:`~detectors._common.can_reject`).
 
     ``n_resamples=0`` turns the calibration off: the threshold alone decides, with no
     p-values (``p_value=None``), as before driftline 0.3; false alarms are then not
@@ -246,6 +249,9 @@ class PerFeatureDistance(PerFeatureDetector):
     def _result(
         self, columns: dict[str, np.ndarray], n_ref: list[int], n_cur: list[int]
     ) -> DriftResult:
+        if self.n_resamples and not can_reject(1.0 / (self.n_resamples + 1.0), self.alpha):
+            # the resampled null cannot place a distance beyond its 1 - alpha quantile
+            return self._insufficient(n_ref, n_cur)
         distances = self._distances(columns)
         if self.n_resamples == 0:  # uncalibrated: the threshold alone
             return assemble_distances(self.name, self.features, distances, n_ref, n_cur,

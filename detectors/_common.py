@@ -156,6 +156,19 @@ def assemble(
     )
 
 
+def can_reject(smallest_p_value: float, alpha: float) -> bool:
+    """Whether a test can flag drift at ``alpha`` at all at this window size.
+
+    The general ``insufficient_data`` rule: a test whose smallest attainable p-value at
+    the window's size is not below ``alpha`` (a permutation or resampling test with too
+    few draws for ``alpha``, too few distinct relabellings of tiny samples) answers "no
+    drift" whatever the data; that is no answer, so the result is ``insufficient_data``
+    (which also keeps it out of the model verdict's correction) rather than a
+    "not drifted" that reads as evidence.
+    """
+    return smallest_p_value < alpha
+
+
 def insufficient(
     detector: str,
     features: Sequence[str],

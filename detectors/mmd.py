@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ._common import NUMERIC_KINDS, assemble, check_int, check_unit_interval, insufficient
+from ._common import (
+    NUMERIC_KINDS,
+    assemble,
+    can_reject,
+    check_int,
+    check_unit_interval,
+    insufficient,
+)
 from .backend import check_device, require_torch, resolve_device, resolve_dtype
 from .errors import InsufficientDataError
 from .results import DriftResult
 
-__all__ = ["MMDDetector"]
+__all__ = ["KernelMMD", "MMDDetector", "MMDSetup"]
 
 #: Backends of the multivariate detectors.
 BACKENDS: tuple[str, ...] = ("numpy", "torch")
@@ -194,79 +202,22 @@ class MMDDetector:
         min_samples: int = 2,
         feature: str = "embedding",
     ) -> None:
-        self.alpha = check_unit_interval("alpha", alpha)
-        self.n_permutations = check_int("n_permutations", n_permutations, 1)
-        self.seed = check_int("seed", seed, 0)
-        self.block_size = check_int("block_size", block_size, 1)
-        self.min_samples = check_int("min_samples", min_samples, 2)
-        self.max_n = None if max_n is None else check_int("max_n", max_n, 2)
-        self.feature = check_feature(feature)
-        if not isinstance(backend, str) or backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        check_device(device)
-        if backend == "numpy" and device != "cpu":
-            raise ValueError(
-                f"device {device!r} needs backend='torch'; the numpy backend runs on 'cpu' only"
-            )
-        self.backend = backend
-
-        ref = check_matrix(reference, "reference")
-        if ref.shape[0] < self.min_samples:
-            raise InsufficientDataError(
-                f"reference has {ref.shape[0]} rows; min_samples is {self.min_samples}"
-            )
-        ref = subsample(ref, self.max_n, (self.seed, 1))
-        # Centred on the reference's mean: a common offset (1e9) would otherwise swamp
-        # the differences in float arithmetic (|x|^2 - 2 x.y + |y|^2 cancels).
-        with np.errstate(over="ignore", invalid="ignore"):
-            self._center = ref.mean(axis=0)
-            ref = ref - self._center
-        check_scale(ref, "reference")
-        self.n_features = ref.shape[1]
+        setup = MMDSetup(reference, alpha=alpha, n_permutations=n_permutations,
+                         backend=backend, device=device, dtype=dtype, max_n=max_n, seed=seed,
+                         block_size=block_size, min_samples=min_samples, feature=feature)
+        self._setup = setup
+        self.alpha, self.n_permutations, self.seed = setup.alpha, setup.n_permutations, setup.seed
+        self.block_size, self.min_samples, self.max_n = (setup.block_size, setup.min_samples,
+                                                         setup.max_n)
+        self.feature, self.backend = setup.feature, setup.backend
+        self.device, self.dtype = setup.device, setup.dtype
+        self.n_features, self._n = setup.n_features, setup.n
         self.bandwidth = (
-            median_distance(ref, self.seed)
+            median_distance(setup.reference, self.seed)
             if isinstance(bandwidth, str) and bandwidth == "median"
             else check_bandwidth(bandwidth)
         )
-        self._gamma = 1.0 / (2.0 * self.bandwidth**2)
-
-        self._ops: _NumpyOps | _TorchOps
-        if backend == "numpy":
-            self._ops = _NumpyOps(resolve_dtype(dtype, on_cuda=False))
-        else:
-            self._ops = _TorchOps(device, dtype)
-        self.device, self.dtype = self._ops.device, self._ops.dtype
-
-        ops = self._ops
-        self._n = ref.shape[0]
-        self._ref = ops.array(ref)
-        self._ref_sq = ops.sqnorms(self._ref)
-        self._ref_blocks = tiles(0, self._n, self.block_size)
-        # K_XX: the reference's tiles on and above the diagonal, and their row sums.
-        self._cache: dict[tuple[int, int], Any] = {}
-        self._ref_rowsums: Any = None
-        itemsize = np.dtype(self.dtype).itemsize
-        blocks = self._ref_blocks
-        cached = sum(
-            (i1 - i0) * (j1 - j0) * itemsize
-            for b, (i0, i1) in enumerate(blocks)
-            for j0, j1 in blocks[b:]
-        )
-        if cached <= REFERENCE_CACHE_BYTES:
-            rowsums = ops.zeros64(self._n)
-            for b, (i0, i1) in enumerate(blocks):
-                for c in range(b, len(blocks)):
-                    j0, j1 = blocks[c]
-                    tile = ops.kernel(
-                        self._ref[i0:i1], self._ref_sq[i0:i1],
-                        self._ref[j0:j1], self._ref_sq[j0:j1],
-                        self._gamma, b == c,
-                    )  # fmt: skip
-                    self._cache[b, c] = tile
-                    rowsums[i0:i1] += ops.rowsum64(tile)
-                    if b != c:
-                        rowsums[j0:j1] += ops.colsum64(tile)
-            self._ref_rowsums = rowsums
+        self._kernel = KernelMMD(setup, (self.bandwidth,))
 
     def __repr__(self) -> str:
         return (
@@ -283,8 +234,11 @@ class MMDDetector:
         ----------
         current : numpy.ndarray, shape (m, d)
             Numeric, same ``d`` as the reference, no NaN/inf. An empty window (``m = 0``,
-            also an empty 1-D array) or one with fewer than ``min_samples`` rows gives
-            a result with ``insufficient_data=True``. Not modified.
+            also an empty 1-D array), one with fewer than ``min_samples`` rows, or one
+            whose smallest attainable p-value is not below ``alpha`` (too few
+            ``n_permutations`` for ``alpha``, or too few distinct splits of tiny
+            samples; :meth:`MMDSetup.smallest_p_value`) gives a result with
+            ``insufficient_data=True``. Not modified.
 
         Returns
         -------
@@ -299,10 +253,8 @@ class MMDDetector:
             ``current`` is not a 2-D numeric array, has another number of columns than
             the reference, or holds NaN/inf.
         """
-        cur = check_matrix(current, "current", self.n_features)
-        with np.errstate(over="ignore", invalid="ignore"):
-            check_scale(cur - self._center, "current")
-        if cur.shape[0] < self.min_samples:
+        cur = self._setup.window(current)
+        if not self._setup.decidable(cur.shape[0]):
             return insufficient(
                 self.name, (self.feature,), [self._n], [cur.shape[0]], self.alpha, "none"
             )
@@ -323,15 +275,157 @@ class MMDDetector:
     def _statistics(self, cur: np.ndarray) -> tuple[float, np.ndarray, float]:
         """Observed and permuted :math:`\\widehat{\\mathrm{MMD}}^2_u` of a validated window,
         and the tie tolerance :math:`\\tau`."""
-        cur = subsample(cur, self.max_n, (self.seed, 2)) - self._center  # as the reference
-        ops, n, m = self._ops, self._n, cur.shape[0]
-        big_n = n + m
-        labels = permutation_labels(self.seed, n, m, self.n_permutations)
+        observed, permuted, tolerance = self._kernel.statistics(cur)
+        return float(observed[0]), permuted[0], float(tolerance[0])
+
+    @property
+    def _cache(self) -> dict[tuple[int, int], list[Any]]:
+        """The cached reference kernel tiles (empty when over the budget)."""
+        return self._kernel._cache
+
+
+class MMDSetup:
+    """The options and the validated reference shared by the MMD detectors.
+
+    Validates every option (errors name the option), the reference (numeric, finite, at
+    least ``min_samples`` rows, not overflow-scale) and builds the backend. ``reference``
+    is the subsampled (``max_n``) reference centred on its mean: a common offset (1e9)
+    would otherwise swamp the differences in float arithmetic
+    (:math:`|x|^2 - 2 x \\cdot y + |y|^2` cancels).
+    """
+
+    def __init__(
+        self,
+        reference: np.ndarray,
+        *,
+        alpha: float,
+        n_permutations: int,
+        backend: str,
+        device: str,
+        dtype: str | None,
+        max_n: int | None,
+        seed: int,
+        block_size: int,
+        min_samples: int,
+        feature: str,
+        what: str = "reference",
+    ) -> None:
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.n_permutations = check_int("n_permutations", n_permutations, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.block_size = check_int("block_size", block_size, 1)
+        self.min_samples = check_int("min_samples", min_samples, 2)
+        self.max_n = None if max_n is None else check_int("max_n", max_n, 2)
+        self.feature = check_feature(feature)
+        if not isinstance(backend, str) or backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_device(device)
+        if backend == "numpy" and device != "cpu":
+            raise ValueError(
+                f"device {device!r} needs backend='torch'; the numpy backend runs on 'cpu' only"
+            )
+        self.backend = backend
+        ref = check_matrix(reference, what)
+        if ref.shape[0] < self.min_samples:
+            raise InsufficientDataError(
+                f"{what} has {ref.shape[0]} rows; min_samples is {self.min_samples}"
+            )
+        ref = subsample(ref, self.max_n, (self.seed, 1))
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.center = ref.mean(axis=0)
+            ref = ref - self.center
+        check_scale(ref, what)
+        self.reference = ref
+        self.n, self.n_features = ref.shape
+        self.ops: _NumpyOps | _TorchOps
+        if backend == "numpy":
+            self.ops = _NumpyOps(resolve_dtype(dtype, on_cuda=False))
+        else:
+            self.ops = _TorchOps(device, dtype)
+        self.device, self.dtype = self.ops.device, self.ops.dtype
+
+    def smallest_p_value(self, m: int) -> float:
+        """The smallest p-value a permutation test on ``m`` window rows can give: one in
+        ``1 + n_permutations``, and no less than one in the number of distinct ways to
+        split the pooled rows (:math:`\\binom{n + m}{m}`: six for 2 + 2 rows)."""
+        m = min(m, self.max_n or m)
+        # log of the number of splits (lgamma: the count itself overflows a float)
+        log_splits = math.lgamma(self.n + m + 1) - math.lgamma(self.n + 1) - math.lgamma(m + 1)
+        return max(1.0 / (1.0 + self.n_permutations), math.exp(-log_splits))
+
+    def decidable(self, m: int) -> bool:
+        """Whether a window of ``m`` rows can be tested: at least ``min_samples`` rows
+        and a smallest attainable p-value below ``alpha``
+        (:func:`~detectors._common.can_reject`)."""
+        return m >= self.min_samples and can_reject(self.smallest_p_value(m), self.alpha)
+
+    def window(self, current: np.ndarray, what: str = "current") -> np.ndarray:
+        """``current`` validated (same columns as the reference, finite, not
+        overflow-scale), as a float64 copy; not centred nor subsampled."""
+        cur = check_matrix(current, what, self.n_features)
+        with np.errstate(over="ignore", invalid="ignore"):
+            check_scale(cur - self.center, what)
+        return cur
+
+
+class KernelMMD:
+    """Observed and permuted unbiased MMD² at several Gaussian bandwidths at once.
+
+    Each window's pairwise squared distances are computed once, tile by tile, and every
+    bandwidth's kernel tile is derived from them (an elementwise exp), so ``L``
+    bandwidths cost one distance pass plus ``L`` exponentials and permutation products,
+    not ``L`` full tests. The reference's kernel tiles are cached per bandwidth when they
+    take at most :data:`REFERENCE_CACHE_BYTES` per bandwidth. Every bandwidth sees the
+    same relabellings (:func:`permutation_labels` of the setup's seed). See
+    :class:`MMDDetector` (Notes) for the algebra.
+    """
+
+    def __init__(self, setup: MMDSetup, bandwidths: Sequence[float]) -> None:
+        self.setup = setup
+        self.bandwidths = tuple(float(b) for b in bandwidths)
+        self._gammas = tuple(1.0 / (2.0 * b**2) for b in self.bandwidths)
+        ops, n = setup.ops, setup.n
+        self._ref = ops.array(setup.reference)
+        self._ref_sq = ops.sqnorms(self._ref)
+        self._ref_blocks = tiles(0, n, setup.block_size)
+        # K_XX per bandwidth: the reference's tiles on and above the diagonal, row sums.
+        self._cache: dict[tuple[int, int], list[Any]] = {}
+        self._ref_rowsums: list[Any] = []
+        itemsize = np.dtype(setup.dtype).itemsize
+        blocks = self._ref_blocks
+        cached = sum(
+            (i1 - i0) * (j1 - j0) * itemsize
+            for b, (i0, i1) in enumerate(blocks)
+            for j0, j1 in blocks[b:]
+        )
+        if cached <= REFERENCE_CACHE_BYTES:
+            rowsums = [ops.zeros64(n) for _ in self._gammas]
+            for b, (i0, i1) in enumerate(blocks):
+                for c in range(b, len(blocks)):
+                    j0, j1 = blocks[c]
+                    d2 = ops.sqdist(self._ref[i0:i1], self._ref_sq[i0:i1],
+                                    self._ref[j0:j1], self._ref_sq[j0:j1])
+                    kernels = list(ops.gaussians(d2, self._gammas, b == c))
+                    self._cache[b, c] = kernels
+                    for sums, tile in zip(rowsums, kernels, strict=True):
+                        sums[i0:i1] += ops.rowsum64(tile)
+                        if b != c:
+                            sums[j0:j1] += ops.colsum64(tile)
+            self._ref_rowsums = rowsums
+
+    def statistics(self, current: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(L,)`` observed, ``(L, P)`` permuted :math:`\\widehat{\\mathrm{MMD}}^2_u` and
+        ``(L,)`` tie tolerances :math:`\\tau` of a validated window (not centred)."""
+        setup = self.setup
+        cur = subsample(current, setup.max_n, (setup.seed, 2)) - setup.center  # as the ref
+        ops, n, m = setup.ops, setup.n, cur.shape[0]
+        big_n, n_kernels = n + m, len(self._gammas)
+        labels = permutation_labels(setup.seed, n, m, setup.n_permutations)
         signs = ops.signs(labels, n, m)
         del labels
         cur_t = ops.array(cur)
         cur_sq = ops.sqnorms(cur_t)
-        blocks = self._ref_blocks + tiles(n, big_n, self.block_size)
+        blocks = self._ref_blocks + tiles(n, big_n, setup.block_size)
         n_ref_blocks = len(self._ref_blocks)
 
         def rows(start: int, stop: int) -> tuple[Any, Any]:
@@ -339,33 +433,43 @@ class MMDDetector:
                 return cur_t[start - n : stop - n], cur_sq[start - n : stop - n]
             return self._ref[start:stop], self._ref_sq[start:stop]
 
-        q = ops.zeros64(self.n_permutations + 1)
-        rowsums = ops.zeros64(big_n)
-        cached = bool(self._cache)
-        if cached:
-            rowsums[:n] += self._ref_rowsums
+        q = [ops.zeros64(setup.n_permutations + 1) for _ in self._gammas]
+        rowsums = [ops.zeros64(big_n) for _ in self._gammas]
+        if self._cache:
+            for sums, ref_sums in zip(rowsums, self._ref_rowsums, strict=True):
+                sums[:n] += ref_sums
         for b, (i0, i1) in enumerate(blocks):
             zi, zi_sq = rows(i0, i1)
             s_i = signs[:, i0:i1]
             for c in range(b, len(blocks)):
                 j0, j1 = blocks[c]
-                tile = self._cache.get((b, c)) if c < n_ref_blocks else None
-                if tile is None:
+                kernels = self._cache.get((b, c)) if c < n_ref_blocks else None
+                fresh = kernels is None
+                if kernels is None:
                     zj, zj_sq = rows(j0, j1)
-                    tile = ops.kernel(zi, zi_sq, zj, zj_sq, self._gamma, b == c)
-                    rowsums[i0:i1] += ops.rowsum64(tile)
-                    if b != c:
-                        rowsums[j0:j1] += ops.colsum64(tile)
-                contribution = ops.rowsum64((s_i @ tile) * signs[:, j0:j1])
-                q += contribution if b == c else 2.0 * contribution
-                del tile
-        u = ops.to_numpy(ops.matvec64(signs, rowsums))
-        q_np = ops.to_numpy(q)
-        total = float(ops.to_numpy(rowsums).sum())
-        within_x = (m / big_n) ** 2 * q_np + 2.0 * m * u / big_n**2 + total / big_n**2
-        within_y = (n / big_n) ** 2 * q_np - 2.0 * n * u / big_n**2 + total / big_n**2
-        mmd2 = q_np + (within_x - 1.0) / (n - 1) + (within_y - 1.0) / (m - 1)
-        return float(mmd2[0]), mmd2[1:], TIE_TOLERANCE * total / big_n**2
+                    kernels = ops.gaussians(ops.sqdist(zi, zi_sq, zj, zj_sq), self._gammas,
+                                            b == c)
+                for k, tile in enumerate(kernels):
+                    if fresh:
+                        rowsums[k][i0:i1] += ops.rowsum64(tile)
+                        if b != c:
+                            rowsums[k][j0:j1] += ops.colsum64(tile)
+                    contribution = ops.rowsum64((s_i @ tile) * signs[:, j0:j1])
+                    q[k] += contribution if b == c else 2.0 * contribution
+                del kernels
+        observed = np.empty(n_kernels)
+        permuted = np.empty((n_kernels, setup.n_permutations))
+        tolerance = np.empty(n_kernels)
+        for k in range(n_kernels):
+            u = ops.to_numpy(ops.matvec64(signs, rowsums[k]))
+            q_np = ops.to_numpy(q[k])
+            total = float(ops.to_numpy(rowsums[k]).sum())
+            within_x = (m / big_n) ** 2 * q_np + 2.0 * m * u / big_n**2 + total / big_n**2
+            within_y = (n / big_n) ** 2 * q_np - 2.0 * n * u / big_n**2 + total / big_n**2
+            mmd2 = q_np + (within_x - 1.0) / (n - 1) + (within_y - 1.0) / (m - 1)
+            observed[k], permuted[k], tolerance[k] = (mmd2[0], mmd2[1:],
+                                                      TIE_TOLERANCE * total / big_n**2)
+        return observed, permuted, tolerance
 
 
 # --- the two backends: the same operations on numpy arrays and on torch tensors ---------------
@@ -386,20 +490,29 @@ class _NumpyOps:
     def sqnorms(self, x: np.ndarray) -> np.ndarray:
         return np.einsum("ij,ij->i", x, x)
 
-    def kernel(
-        self, a: np.ndarray, a_sq: np.ndarray, b: np.ndarray, b_sq: np.ndarray,
-        gamma: float, diagonal: bool,
-    ) -> np.ndarray:  # fmt: skip
+    def sqdist(
+        self, a: np.ndarray, a_sq: np.ndarray, b: np.ndarray, b_sq: np.ndarray
+    ) -> np.ndarray:
         tile = a @ b.T
         tile *= -2.0
         tile += a_sq[:, None]
         tile += b_sq[None, :]
         np.maximum(tile, 0.0, out=tile)
-        tile *= -gamma
-        np.exp(tile, out=tile)
-        if diagonal:
-            np.fill_diagonal(tile, 1.0)
         return tile
+
+    def gaussians(
+        self, d2: np.ndarray, gammas: Sequence[float], diagonal: bool
+    ) -> list[np.ndarray]:
+        """One kernel tile per gamma; the last one overwrites ``d2``."""
+        out = []
+        for k, gamma in enumerate(gammas):
+            tile = d2 if k == len(gammas) - 1 else d2.copy()
+            tile *= -gamma
+            np.exp(tile, out=tile)
+            if diagonal:
+                np.fill_diagonal(tile, 1.0)
+            out.append(tile)
+        return out
 
     def signs(self, labels: np.ndarray, n: int, m: int) -> np.ndarray:
         return np.where(labels, self._dtype.type(1.0 / n), self._dtype.type(-1.0 / m))
@@ -436,17 +549,24 @@ class _TorchOps:
     def sqnorms(self, x: Any) -> Any:
         return (x * x).sum(dim=1)
 
-    def kernel(self, a: Any, a_sq: Any, b: Any, b_sq: Any, gamma: float, diagonal: bool) -> Any:
+    def sqdist(self, a: Any, a_sq: Any, b: Any, b_sq: Any) -> Any:
         tile = a @ b.T
         tile.mul_(-2.0)
         tile.add_(a_sq[:, None])
         tile.add_(b_sq[None, :])
         tile.clamp_(min=0.0)
-        tile.mul_(-gamma)
-        tile.exp_()
-        if diagonal:
-            tile.fill_diagonal_(1.0)
         return tile
+
+    def gaussians(self, d2: Any, gammas: Sequence[float], diagonal: bool) -> list[Any]:
+        out = []
+        for k, gamma in enumerate(gammas):
+            tile = d2 if k == len(gammas) - 1 else d2.clone()
+            tile.mul_(-gamma)
+            tile.exp_()
+            if diagonal:
+                tile.fill_diagonal_(1.0)
+            out.append(tile)
+        return out
 
     def signs(self, labels: np.ndarray, n: int, m: int) -> Any:
         mask = self._torch.from_numpy(labels).to(self._device)
@@ -540,19 +660,30 @@ def subsample(values: np.ndarray, max_n: int | None, key: tuple[int, int]) -> np
     return values[np.sort(rows)]
 
 
-def median_distance(reference: np.ndarray, seed: int) -> float:
-    """The median heuristic's bandwidth (see :class:`MMDDetector` Notes)."""
+def pair_distances(reference: np.ndarray, seed: int) -> np.ndarray:
+    """Euclidean distances between the distinct rows of a seeded subsample of
+    :data:`MEDIAN_ROWS` reference rows (all rows when fewer), each pair once."""
     x = subsample(reference, MEDIAN_ROWS, (seed, 0))
     sq = np.einsum("ij,ij->i", x, x)
     gram = x @ x.T
     upper = np.triu_indices(x.shape[0], k=1)
     d2 = sq[upper[0]] + sq[upper[1]] - 2.0 * gram[upper]
-    distances = np.sqrt(np.maximum(d2, 0.0))
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def median_of(distances: np.ndarray) -> float:
+    """The median heuristic on :func:`pair_distances`: their median; if 0, the median of
+    the non-zero ones; if all are 0, 1."""
     median = float(np.median(distances))
     if median > 0.0:
         return median
     positive = distances[distances > 0.0]
     return float(np.median(positive)) if positive.size else 1.0
+
+
+def median_distance(reference: np.ndarray, seed: int) -> float:
+    """The median heuristic's bandwidth (see :class:`MMDDetector` Notes)."""
+    return median_of(pair_distances(reference, seed))
 
 
 def permutation_labels(seed: int, n: int, m: int, n_permutations: int) -> np.ndarray:

@@ -7,16 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._common import assemble, check_int, check_unit_interval, insufficient
-from .errors import InsufficientDataError
-from .mmd import (
-    MEDIAN_ROWS,
-    MMDDetector,
-    check_matrix,
-    check_scale,
-    median_distance,
-    subsample,
-)
+from ._common import assemble, insufficient
+from .mmd import KernelMMD, MMDSetup, median_of, pair_distances
 from .results import DriftResult
 
 __all__ = ["BANDWIDTH_FACTORS", "MMDAggDetector", "min_p_value"]
@@ -89,9 +81,11 @@ class MMDAggDetector:
 
     Unlike MMDAgg the median is taken on the reference alone (see
     :class:`~detectors.mmd.MMDDetector`, Bandwidth), once, so the reference's kernel
-    tiles are computed once per bandwidth. Cost per window and memory (including the
-    cached reference tiles) are those of one :class:`~detectors.mmd.MMDDetector` times
-    the number of bandwidths.
+    tiles are computed once per bandwidth. Each window's pairwise distances are computed
+    once and every bandwidth's kernel derived from them (:class:`~detectors.mmd.KernelMMD`):
+    per window one distance pass (:math:`N^2 d`) plus, per bandwidth, an exponential and
+    the permutation products (:math:`N^2 (P + 1)`); the cached reference tiles take one
+    :class:`~detectors.mmd.MMDDetector`'s memory per bandwidth.
 
     The result's ``statistic`` is the MMD² at the most significant bandwidth (the
     smallest :math:`p_{\\ell,0}`; ties: the narrowest).
@@ -115,35 +109,25 @@ class MMDAggDetector:
         min_samples: int = 2,
         feature: str = "embedding",
     ) -> None:
-        self.alpha = check_unit_interval("alpha", alpha)
-        self.n_permutations = check_int("n_permutations", n_permutations, 1)
+        setup = MMDSetup(reference, alpha=alpha, n_permutations=n_permutations,
+                         backend=backend, device=device, dtype=dtype, max_n=max_n, seed=seed,
+                         block_size=block_size, min_samples=min_samples, feature=feature)
         self.bandwidth_factors = check_factors(bandwidth_factors)
-        common = {"alpha": alpha, "n_permutations": n_permutations, "backend": backend,
-                  "device": device, "dtype": dtype, "max_n": max_n, "seed": seed,
-                  "block_size": block_size, "min_samples": min_samples, "feature": feature}
-        # The median on the rows the tests will use (MMDDetector's own rule), once.
-        ref = check_matrix(reference, "reference")
-        rows = check_int("min_samples", min_samples, 2)
-        if ref.shape[0] < rows:
-            raise InsufficientDataError(f"reference has {ref.shape[0]} rows; min_samples is {rows}")
-        limit = None if max_n is None else check_int("max_n", max_n, 2)
-        ref = subsample(ref, limit, (check_int("seed", seed, 0), 1))
-        with np.errstate(over="ignore", invalid="ignore"):
-            ref = ref - ref.mean(axis=0)
-        check_scale(ref, "reference")
-        self.median, floor = median_and_floor(ref, seed)
+        self._setup = setup
+        self.alpha, self.n_permutations = setup.alpha, setup.n_permutations
+        self.feature, self.min_samples, self.max_n = setup.feature, setup.min_samples, setup.max_n
+        self.backend, self.device, self.dtype = setup.backend, setup.device, setup.dtype
+        self.n_features, self._n = setup.n_features, setup.n
+        # The median on the rows the test uses (MMDDetector's own rule), once.
+        self.median, floor = median_and_floor(setup.reference, setup.seed)
         # A kernel narrower than nearly every pairwise distance is almost diagonal (all
         # pairs ~0) and tests nothing; in high dimensions, where distances concentrate
         # around the median, the small factors would fall there: they are raised to the
         # floor (the FLOOR_QUANTILE of the distances) and merged.
         self.bandwidths = tuple(sorted({max(self.median * f, floor)
                                         for f in self.bandwidth_factors}))
-        self._tests = [MMDDetector(reference, bandwidth=b, **common)  # type: ignore[arg-type]
-                       for b in self.bandwidths]
-        lead = self._tests[0]
-        self.feature, self.min_samples, self.max_n = lead.feature, lead.min_samples, lead.max_n
-        self.backend, self.device, self.dtype = lead.backend, lead.device, lead.dtype
-        self.n_features, self._n = lead.n_features, lead._n
+        # One distance pass per window for every bandwidth.
+        self._kernel = KernelMMD(setup, self.bandwidths)
 
     def __repr__(self) -> str:
         factors = ", ".join(f"{f:g}" for f in self.bandwidth_factors)
@@ -156,22 +140,16 @@ class MMDAggDetector:
         """Test the rows of ``current`` against the reference (as
         :meth:`MMDDetector.test <detectors.mmd.MMDDetector.test>`; ``detector="mmd_agg"``,
         ``p_value`` the level-corrected aggregated p-value)."""
-        lead = self._tests[0]
-        cur = check_matrix(current, "current", self.n_features)
-        with np.errstate(over="ignore", invalid="ignore"):
-            check_scale(cur - lead._center, "current")
-        if cur.shape[0] < self.min_samples:
+        cur = self._setup.window(current)
+        if not self._setup.decidable(cur.shape[0]):
             return insufficient(
                 self.name, (self.feature,), [self._n], [cur.shape[0]], self.alpha, "none"
             )
-        stats, tolerances = [], []
-        for t in self._tests:
-            observed, permuted, tolerance = t._statistics(cur)
-            stats.append(np.concatenate(([observed], permuted)))
-            tolerances.append(tolerance)
-        p_value, best = min_p_value(np.array(stats), np.array(tolerances))
+        observed, permuted, tolerances = self._kernel.statistics(cur)
+        stats = np.concatenate([observed[:, None], permuted], axis=1)
+        p_value, best = min_p_value(stats, tolerances)
         m = min(cur.shape[0], self.max_n or cur.shape[0])
-        return assemble(self.name, (self.feature,), np.array([stats[best][0]]),
+        return assemble(self.name, (self.feature,), np.array([observed[best]]),
                         np.array([p_value]), [self._n], [m], self.alpha, "none")
 
 
@@ -196,12 +174,9 @@ def min_p_value(statistics: np.ndarray, tolerances: np.ndarray) -> tuple[float, 
 
 def median_and_floor(reference: np.ndarray, seed: int) -> tuple[float, float]:
     """The median heuristic (exactly :func:`detectors.mmd.median_distance`) and the
-    :data:`FLOOR_QUANTILE` of the positive distances between the same rows."""
-    median = median_distance(reference, seed)
-    x = subsample(reference, MEDIAN_ROWS, (seed, 0))
-    sq = np.einsum("ij,ij->i", x, x)
-    upper = np.triu_indices(x.shape[0], k=1)
-    distances = np.sqrt(np.maximum(sq[upper[0]] + sq[upper[1]] - 2.0 * (x @ x.T)[upper], 0.0))
+    :data:`FLOOR_QUANTILE` of the positive distances, from one distance computation."""
+    distances = pair_distances(reference, seed)
+    median = median_of(distances)
     positive = distances[distances > 0.0]
     floor = float(np.quantile(positive, FLOOR_QUANTILE)) if positive.size else 0.0
     return median, min(floor, median)

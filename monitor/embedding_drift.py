@@ -6,7 +6,8 @@ one part fits the reduction (PCA), the other is the reference the tests use, bec
 reduction fitted on the tested sample makes unshifted windows look shifted. Each window's
 inputs are embedded in batches and tested with
 
-* ``embedding_mmd``: kernel MMD over the reduced vectors (one multivariate test);
+* ``embedding_mmd``: kernel MMD over the reduced vectors (one multivariate test; ``test``:
+  ``mmd``, the median bandwidth, or ``mmd_agg``, five bandwidths with the level corrected);
 * ``embedding_ks``: KS per reduced dimension, Bonferroni-corrected;
 * ``bbsd``: KS per class on the softmax outputs (black-box shift detection), if enabled.
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors import DriftResult, KSDetector, MMDDetector
+from detectors import DriftResult, KSDetector, MMDAggDetector, MMDDetector
 from monitor.components import BaseComponent
 from monitor.errors import ReferenceDataError
 from monitor.reference import json_lines
@@ -113,9 +114,10 @@ class EmbeddingDrift(BaseComponent):
         else:
             self.reducer, test = NoReduction(), hidden
         ref = self.reducer.transform(test).astype(np.float64)
-        self.mmd = MMDDetector(ref, alpha=alpha, n_permutations=cfg.n_permutations,
-                               backend=cfg.mmd_backend, device=cfg.mmd_device,
-                               feature="embedding")
+        mmd_test = MMDAggDetector if cfg.test == "mmd_agg" else MMDDetector
+        self.mmd: MMDDetector | MMDAggDetector = mmd_test(
+            ref, alpha=alpha, n_permutations=cfg.n_permutations, backend=cfg.mmd_backend,
+            device=cfg.mmd_device, feature="embedding")
         self.ks = KSDetector({f"dim_{i}": ref[:, i] for i in range(ref.shape[1])},
                              alpha=alpha, correction="bonferroni")
         # BBSD whenever the softmax is captured (a classifier's default layers include it).

@@ -212,6 +212,9 @@ class EmbeddingSettings(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     batch_size: int = Field(default=256, gt=0)
     n_permutations: int = Field(default=1000, ge=10)
+    test: Literal["mmd", "mmd_agg"] = Field(
+        default="mmd", description="embedding_mmd's test: mmd (median bandwidth) or mmd_agg "
+        "(five bandwidths, min-p corrected).")
     mmd_backend: Literal["numpy", "torch"] = "numpy"
     mmd_device: str = Field(default="cpu", pattern=_DEVICE,
                             description="Where embedding_mmd runs: cuda needs mmd_backend torch.")
@@ -442,6 +445,11 @@ class ModelSettings(_Strict):
                     raise ValueError(
                         f"detectors[{i}] ({det.kind}) needs {' or '.join(sorted(supported))} "
                         f"features, '{name}' is {kinds[name]}")
+        e = self.embedding
+        if e is not None and 1 / (e.n_permutations + 1) >= self.alpha:  # never could flag
+            raise ValueError(f"embedding: with n_permutations={e.n_permutations} the smallest "
+                             f"p-value is 1/{e.n_permutations + 1}, not below alpha="
+                             f"{self.alpha}: raise n_permutations above {int(1 / self.alpha)}")
         return self
 
 

@@ -114,3 +114,67 @@ def test_embedding_configuration_errors_are_clear(tmp_path, minilm_dir) -> None:
     with pytest.raises(ConfigError, match=r"encoder\.nope"):
         build_daemon(cfg, source=MemorySource([]), dead_letter=MemoryDeadLetter(),
                      serve_metrics=False, metrics=Metrics(CollectorRegistry()))
+
+
+class _IdentityEmbedder:
+    """The payload arrays are the hidden layer (no model: the test is about the detector)."""
+
+    def embed(self, payloads: list[object]) -> np.ndarray:
+        return np.asarray(payloads, dtype=np.float32)
+
+    def embed_layers(self, payloads: list[object]) -> dict[str, np.ndarray]:
+        return {"hidden": self.embed(payloads)}
+
+
+@pytest.mark.parametrize("test", ["mmd", "mmd_agg"])
+def test_embedding_mmd_runs_the_configured_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                test: str) -> None:
+    import monitor.embedding_drift as ed
+    from detectors import MMDAggDetector, MMDDetector
+
+    rng = np.random.default_rng(0)
+    ref = tmp_path / "inputs.jsonl"
+    ref.write_text("".join(json.dumps({"array": rng.normal(size=4).tolist()}) + "\n"
+                           for _ in range(80)))
+    stream = SyntheticStream(seed=3)
+    model = {**stream.settings_doc(stream.write_reference_csv(tmp_path / "r.csv", 200), 50),
+             "embedding": {"model": {"kind": "torchscript", "path": str(tmp_path / "m.pt"),
+                                     "shape": [4]},
+                           "reference": {"path": str(ref)}, "reduction": {"kind": "none"},
+                           "n_permutations": 200, "test": test}}
+    cfg = parse_settings({"models": [model]}, env={}).models[0].embedding
+    assert cfg is not None
+    monkeypatch.setattr(ed, "build_embedder", lambda cfg: _IdentityEmbedder())
+    drift = ed.EmbeddingDrift(cfg, 0.05, None)
+    assert type(drift.mmd) is {"mmd": MMDDetector, "mmd_agg": MMDAggDetector}[test]
+    same = drift.test_inputs([tuple(rng.normal(size=4)) for _ in range(40)])[0]
+    # the same mean, a wider spread: seen by the kernel, not by a mean difference
+    shifted = drift.test_inputs([tuple(rng.normal(scale=2.5, size=4)) for _ in range(40)])[0]
+    assert (same.detector, shifted.detector) == ("embedding_mmd", "embedding_mmd")
+    assert not same.drifted and shifted.drifted
+    if test == "mmd_agg":
+        assert len(drift.mmd.bandwidths) > 1  # type: ignore[union-attr]
+
+
+def test_embedding_test_must_be_known(tmp_path: Path) -> None:
+    stream = SyntheticStream(seed=3)
+    model = {**stream.settings_doc(stream.write_reference_csv(tmp_path / "r.csv", 200), 50),
+             "embedding": {"model": {"kind": "torchscript", "path": str(tmp_path / "m.pt"),
+                                     "shape": [4]},
+                           "reference": {"path": str(tmp_path / "in.jsonl")}, "test": "energy"}}
+    with pytest.raises(ConfigError, match=r"embedding\.test"):
+        parse_settings({"models": [model]}, env={})
+
+
+def test_embedding_permutations_must_reach_alpha(tmp_path: Path) -> None:
+    stream = SyntheticStream(seed=3)
+    model = {**stream.settings_doc(stream.write_reference_csv(tmp_path / "r.csv", 200), 50),
+             "alpha": 0.05,
+             "embedding": {"model": {"kind": "torchscript", "path": str(tmp_path / "m.pt"),
+                                     "shape": [4]},
+                           "reference": {"path": str(tmp_path / "in.jsonl")},
+                           "n_permutations": 19}}
+    with pytest.raises(ConfigError, match=r"embedding: with n_permutations=19 .*above 20"):
+        parse_settings({"models": [model]}, env={})
+    model["embedding"]["n_permutations"] = 20  # type: ignore[index]
+    assert parse_settings({"models": [model]}, env={}).models[0].embedding is not None

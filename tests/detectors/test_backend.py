@@ -102,7 +102,7 @@ def test_missing_torch_raises_import_error_with_the_hint(monkeypatch: pytest.Mon
             call()
         assert str(info.value).endswith(HINT)
     # the numpy backend needs no torch
-    assert MMDDetector(np.eye(5), n_permutations=5).test(np.eye(5)).p_value is not None
+    assert MMDDetector(np.eye(5), n_permutations=5, alpha=0.2).test(np.eye(5)).p_value is not None
     assert backend_module.TORCH_HINT == HINT
 
 

@@ -294,7 +294,7 @@ def test_bad_data_is_rejected_with_the_culprit_named() -> None:
     with pytest.raises(InsufficientDataError, match="reference"):
         MMDDetector(x[:1], n_permutations=10)
     # numbers of any numeric dtype are fine
-    ints = MMDDetector(x.round().astype(int), n_permutations=10).test(y.round().astype(np.int8))
+    ints = MMDDetector(x.round().astype(int), n_permutations=99).test(y.round().astype(np.int8))
     assert ints.p_value is not None
 
 

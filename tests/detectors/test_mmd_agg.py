@@ -121,3 +121,31 @@ def test_bad_reference_and_window_are_named() -> None:
     det = MMDAggDetector(np.random.default_rng(6).normal(size=(20, 3)), n_permutations=9)
     with pytest.raises(ValueError, match="current has 2 columns but the reference has 3"):
         det.test(np.ones((5, 2)))
+
+
+def test_distances_are_computed_once_for_all_bandwidths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each bandwidth's statistics equal its own single-bandwidth test's, from one pass
+    over the pairwise distances per window (tiled: 3 reference + 2 window blocks)."""
+    from detectors import mmd as mmd_module
+
+    rng = np.random.default_rng(8)
+    ref, cur = rng.normal(size=(60, 3)), rng.normal(0.2, 1.2, size=(35, 3))
+    agg = MMDAggDetector(ref, n_permutations=99, block_size=20)
+    calls = []
+    real = mmd_module._NumpyOps.sqdist
+
+    def counting(self: object, *args: np.ndarray) -> np.ndarray:
+        calls.append(args[0].shape[0])
+        return real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mmd_module._NumpyOps, "sqdist", counting)
+    observed, permuted, _ = agg._kernel.statistics(cur)
+    # the reference's own tiles are cached; the window's: 3 x 2 reference-window tiles and
+    # 3 window-window tiles on and above the diagonal, once, not once per bandwidth
+    assert len(agg.bandwidths) > 1 and len(calls) == 3 * 2 + 3
+    monkeypatch.setattr(mmd_module._NumpyOps, "sqdist", real)
+    for k, bandwidth in enumerate(agg.bandwidths):
+        single = MMDDetector(ref, n_permutations=99, block_size=20, bandwidth=bandwidth)
+        obs, perm, _ = single._statistics(cur)
+        assert observed[k] == pytest.approx(obs, rel=1e-12, abs=1e-15)
+        np.testing.assert_allclose(permuted[k], perm, rtol=1e-12, atol=1e-15)
