@@ -9,9 +9,9 @@ import ...``; ``tests/conftest.py`` puts ``tests/`` on ``sys.path``):
   round-robin, each keyed by its model name (count windows are deterministic across restarts
   only then, see README "Delivery guarantee").
 * :class:`DaemonProc` - writes a settings file for the streams (``client``: the Kafka client,
-  see the ``kafka_client`` fixture that runs a test once per client), starts / SIGKILLs /
-  SIGTERMs the daemon (output appended to ``daemon.log``), reads ``/metrics``, ``/readyz``,
-  the stored windows and results, and waits for conditions, failing with the log tail.
+  the default one unless a test runs with each, see the ``kafka_client`` fixture), starts /
+  SIGKILLs / SIGTERMs the daemon (output appended to ``daemon.log``), reads ``/metrics``,
+  ``/readyz``, the stored windows and results, and waits for conditions, failing with the log tail.
 * :func:`uninterrupted_results` - the expected results: a second daemon (own group id, own
   database) over the same topic, run to completion without faults.
 * :func:`comparable` / :func:`assert_same_results` - stored rows keyed by
@@ -164,7 +164,7 @@ class DaemonProc:
                  consumer: Mapping[str, Any] | None = None, log_level: str = "INFO",
                  model_extra: Mapping[str, Any] | None = None,
                  kafka_extra: Mapping[str, Any] | None = None, workers: int = 1,
-                 client: str = "kafka-python") -> None:
+                 client: str = "confluent-kafka") -> None:
         self.workers = workers  # `driftline run --workers`; 1: one process, no supervisor
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -363,7 +363,7 @@ def uninterrupted_results(workdir: Path, *, bootstrap: str, topic: str, db_url: 
                           streams: Sequence[SyntheticStream], window: int,
                           counts: Mapping[str, int], timeout: float = 240.0,
                           proc: DaemonProc | None = None,
-                          client: str = "kafka-python") -> dict[ResultKey, dict[str, Any]]:
+                          client: str = "confluent-kafka") -> dict[ResultKey, dict[str, Any]]:
     """What a daemon run without faults stores for the records on ``topic``: a second real
     daemon (own group id ``<topic>-<workdir name>``, own database ``db_url``) run until every
     full window is stored, then SIGTERMed. Pass ``proc`` (a started DaemonProc made with the
