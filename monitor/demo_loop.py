@@ -178,7 +178,7 @@ def settings_doc(opts: LoopOptions, model: str, features: tuple[str, ...], facto
                                     "factory": factory,
                                     "shape": list(shape or (len(features),))},
                           "reference": {"path": "embedding.jsonl"},
-                          "n_permutations": 100, "device": "cpu"},
+                          "n_permutations": 1000, "device": "cpu"},
             "retrain": {"min_labelled": opts.min_labelled, "cooldown_windows": 4,
                         "action": {"kind": "builtin", "registry": "registry",
                                    "jobs_dir": "jobs", "timeout_seconds": 60,
