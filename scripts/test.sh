@@ -18,41 +18,51 @@ for pkg in monitor detectors embeddings training; do [[ -d "$pkg" ]] && packages
 echo "test.sh: mypy ${packages[*]}" >&2
 python3 -m mypy "${packages[@]}"
 
-# With no arguments (CI): three pytest processes side by side, each with its own temporary
-# folder, services (a broker, PostgreSQL... of its own) and block of ports. The integration
-# tests (real services, mostly waiting on them) run in order in two: the delivery suite under
-# faults (both Kafka clients) in one, every other integration test in the other; the
-# CPU-bound unit tests run in the third. Output of the first and third is printed when all are
-# done. With arguments: one pytest process, as asked.
+# With no arguments (CI): four pytest processes side by side, each with its own temporary
+# folder, services (a broker, PostgreSQL... of its own) and block of ports, so the two cores
+# stay busy while the service tests wait. The integration tests (real services, mostly
+# waiting on them) run in order in two: the delivery suite under faults (both Kafka clients)
+# in one, every other integration test in another, streamed; the CPU-bound unit tests are
+# split in two (the daemon's, and the rest). The other logs are printed when all are done.
+# With arguments: one pytest process, as asked.
 if [[ $# -gt 0 || "${DRIFTLINE_TEST_SERIAL:-0}" == 1 ]]; then
   exec python3 -m pytest "$@"
 fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/driftline-tests.XXXXXX")
-export DRIFTLINE_TEST_PORT_BLOCKS=3
+export DRIFTLINE_TEST_PORT_BLOCKS=4
 faults=(tests/integration/test_faults.py tests/integration/test_hardening.py)
 common=(-p no:cacheprovider --durations=12)
-DRIFTLINE_TEST_PORT_BLOCK=0 python3 -m pytest "${common[@]}" --basetemp "$tmp/unit" \
-  --ignore=tests/integration >"$tmp/unit.log" 2>&1 &
-unit_pid=$!
-DRIFTLINE_TEST_PORT_BLOCK=1 python3 -m pytest "${common[@]}" --basetemp "$tmp/faults" \
-  "${faults[@]}" >"$tmp/faults.log" 2>&1 &
-faults_pid=$!
+declare -A groups=(
+  [faults]="${faults[*]}"
+  [unit-daemon]="tests/daemon"
+  [unit-rest]="tests --ignore=tests/integration --ignore=tests/daemon"
+)
+names=(faults unit-daemon unit-rest)
+pids=()
+block=0
+for name in "${names[@]}"; do
+  # shellcheck disable=SC2086  # each group is a list of pytest arguments
+  DRIFTLINE_TEST_PORT_BLOCK=$block python3 -m pytest "${common[@]}" --basetemp "$tmp/$name" \
+    ${groups[$name]} >"$tmp/$name.log" 2>&1 &
+  pids+=($!)
+  block=$((block + 1))
+done
 set +e
 ignores=()
 for f in "${faults[@]}"; do ignores+=("--ignore=$f"); done
-DRIFTLINE_TEST_PORT_BLOCK=2 python3 -m pytest "${common[@]}" --basetemp "$tmp/integration" \
-  tests/integration "${ignores[@]}"
-integration_rc=$?
-wait "$faults_pid"
-faults_rc=$?
-wait "$unit_pid"
-unit_rc=$?
+DRIFTLINE_TEST_PORT_BLOCK=$block python3 -m pytest "${common[@]}" \
+  --basetemp "$tmp/integration" tests/integration "${ignores[@]}"
+rc=$?
+summary="integration tests exit $rc"
+for i in "${!names[@]}"; do
+  wait "${pids[$i]}"
+  group_rc=$?
+  (( group_rc == 0 )) || rc=1
+  summary+=", ${names[$i]} exit $group_rc"
+  echo "=================== ${names[$i]} tests (run beside the integration tests) ==================="
+  cat "$tmp/${names[$i]}.log"
+done
 set -e
-echo "=================== integration tests under faults (run beside the others) ==================="
-cat "$tmp/faults.log"
-echo "=================== unit tests (run beside the integration tests) ==================="
-cat "$tmp/unit.log"
-echo "test.sh: integration tests exit $integration_rc, under faults $faults_rc," \
-  "unit tests exit $unit_rc" >&2
+echo "test.sh: $summary" >&2
 rm -rf "$tmp"
-(( integration_rc == 0 && faults_rc == 0 && unit_rc == 0 ))
+exit "$rc"
