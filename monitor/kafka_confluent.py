@@ -32,7 +32,7 @@ from confluent_kafka import (
 
 from monitor.deadletter import dead_letter_headers, recovery_plan
 from monitor.errors import RecordError, SinkError, SourceError
-from monitor.kafka_io import DEAD_LETTER_MAX_VALUE, RECOVER_TIMEOUT_S, _security, _source_of
+from monitor.kafka_io import DEAD_LETTER_MAX_VALUE, RECOVER_TIMEOUT_S, _note_source, _security
 from monitor.settings import KafkaSettings
 from monitor.sources import Message, RebalanceHook
 from monitor.windows import TopicPartition
@@ -363,10 +363,8 @@ class ConfluentDeadLetter:
             deadline = time.monotonic() + RECOVER_TIMEOUT_S
             while todo:
                 for r in cast("list[Any]", consumer.consume(1000, 0.5)):
-                    source = None if r.error() is not None else _source_of(r.headers() or ())
-                    if source is not None:
-                        key, offset = source
-                        marks[key] = max(marks.get(key, -1), offset)
+                    if r.error() is None:
+                        _note_source(marks, r.headers() or ())
                 for tp in consumer.position([CTP(self.topic, p) for p in todo]):
                     if tp.offset >= todo[tp.partition]:
                         del todo[tp.partition]

@@ -249,10 +249,7 @@ class KafkaDeadLetter:
             while todo:
                 for records in consumer.poll(timeout_ms=500).values():
                     for r in records:
-                        source = _source_of(r.headers or ())
-                        if source is not None:
-                            key, offset = source
-                            marks[key] = max(marks.get(key, -1), offset)
+                        _note_source(marks, r.headers or ())
                 for tp in [tp for tp, end in todo.items() if consumer.position(tp) >= end]:
                     del todo[tp]
                 if todo and time.monotonic() > deadline:
@@ -266,6 +263,15 @@ class KafkaDeadLetter:
 
     def close(self) -> None:
         self._producer.close(timeout=10)
+
+
+def _note_source(marks: dict[TopicPartition, int],
+                 headers: Iterable[tuple[str, bytes | None]]) -> None:
+    """Raise the mark of the source partition a dead letter's headers name to its offset."""
+    source = _source_of(headers)
+    if source is not None:
+        key, offset = source
+        marks[key] = max(marks.get(key, -1), offset)
 
 
 def _source_of(headers: Iterable[tuple[str, bytes | None]]
