@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
@@ -66,6 +66,9 @@ def test_parity_with_scipy(seed: int) -> None:
 def test_parity_property_small_samples_with_ties(
     ref: list[int], cur: list[int], scale: float
 ) -> None:
+    # a constant reference is test_constant_reference's case: the oracle divides by the
+    # rounding noise of its standard deviation (0.1 * [1, 1, 1]: 7e15 instead of inf)
+    assume(len(set(ref)) > 1)
     x, y = np.array(ref) * scale, np.array(cur) * scale
     feature = WassersteinDetector({"x": x}, min_samples=1).test({"x": y}).features[0]
     np.testing.assert_allclose(feature.statistic, expected(x, y), rtol=1e-9, atol=1e-12)
