@@ -10,11 +10,12 @@ side in one run:
 * a bare kafka-python loop and a bare confluent-kafka loop (``Consumer.consume`` batches),
   each without and with ``json.loads`` of each value;
 * ``driftline run`` (SQLite storage, 10,000-record count windows, KS and chi-square) until it
-  has consumed every record, once per ``kafka.client`` (kafka-python, confluent-kafka) in
-  one process (``--workers 1``), and with ``--workers N`` (N models, each in its own
-  one-partition topic, n/N records each, produced before its start, the default client);
-  with ``--baseline-root DIR`` also the daemon of another checkout (e.g. the main branch, its
-  default client) for a before/after in the same run.
+  has consumed every record, per ``kafka.client`` (kafka-python, confluent-kafka): one
+  model on the same topic in one process (``--workers 1``); then N models, each in its own
+  one-partition topic with n/N records (produced once, before these rows), read with
+  ``--workers 1`` and with ``--workers N``; with ``--baseline-root DIR`` also the daemon of
+  another checkout (e.g. the main branch, its default client) for a before/after in the
+  same run.
 
 Rates are records/s from the first record read to the last (group joins and the JVM's or
 daemon's start-up excluded; the daemon's end is the first ``/metrics`` scrape, every 0.1 s,
@@ -53,6 +54,7 @@ from services.ports import free_port  # noqa: E402
 from monitor.synthetic import SyntheticStream  # noqa: E402
 
 WINDOW = 10_000
+CLIENTS = ("kafka-python", "confluent-kafka")
 
 
 def main() -> None:
@@ -86,12 +88,16 @@ def main() -> None:
                                                                 decode=False)))
             rows.append(("confluent-kafka loop + json.loads",
                          confluent_loop(broker.bootstrap, n, decode=True)))
-            for client in ("kafka-python", "confluent-kafka"):
+            for client in CLIENTS:
                 rows.append((f"driftline run, {client}",
                              daemon(ROOT, broker.bootstrap, stream, n, tmp / f"d-{client}",
                                     client=client)))
-            rows.append((f"driftline run --workers {args.workers}",
-                         daemon_workers(broker, stream, n, args.workers, tmp / "d-workers")))
+            models = produce_worker_topics(broker, n, args.workers, tmp / "topics")
+            for client in CLIENTS:
+                for w in dict.fromkeys((1, args.workers)):
+                    rows.append((f"driftline run --workers {w}, {args.workers} topics, {client}",
+                                 daemon_workers(broker, models, n, w, client,
+                                                tmp / f"w{w}-{client}")))
             if args.baseline_root is not None:
                 rows.append((f"driftline run ({args.baseline_root})",
                              daemon(args.baseline_root.resolve(), broker.bootstrap, stream, n,
@@ -104,10 +110,13 @@ def main() -> None:
     print(f"# {cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}")
     tool = rows[0][1]
     bare = rows[1][1]
-    print(f"| {'reader':<40} | {'records/s':>10} | {'/ Kafka tool':>12} | {'/ bare loop':>11} |")
-    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 14}|{'-' * 13}|")
+    width = max(len(label) for label, _ in rows)
+    print(f"| {'reader':<{width}} | {'records/s':>10} | {'/ Kafka tool':>12} "
+          f"| {'/ bare loop':>11} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 12}|{'-' * 14}|{'-' * 13}|")
     for label, rate in rows:
-        print(f"| {label:<40} | {rate:>10,.0f} | {rate / tool:>11.1%} | {rate / bare:>10.1%} |")
+        print(f"| {label:<{width}} | {rate:>10,.0f} | {rate / tool:>11.1%} "
+              f"| {rate / bare:>10.1%} |")
 
 
 def cpu_model() -> str:
@@ -211,49 +220,21 @@ def confluent_loop(bootstrap: str, n: int, *, decode: bool) -> float:
 
 def daemon(root: Path, bootstrap: str, stream: SyntheticStream, n: int, work: Path,
            client: str | None = None) -> float:
+    """One model on the 2-partition topic ``logs``, one process."""
     work.mkdir()
-    port = free_port()
     ref = stream.write_reference_csv(work / "reference.csv", 10_000)
-    config = work / "driftline.yml"
-    config.write_text(yaml.safe_dump({
-        "source": {"kafka": {"bootstrap_servers": bootstrap, "topics": ["logs"],
-                             "group_id": f"daemon-{work.name}",
-                             "dead_letter_topic": f"dead-{work.name}",
-                             **({"client": client} if client else {})}},
-        "metrics": {"address": "127.0.0.1", "port": port},
-        "storage": {"url": f"sqlite:///{work / 'driftline.db'}"},
-        "log_level": "WARNING",
-        "models": [stream.settings_doc(ref, WINDOW)]}, sort_keys=False))
-    with (work / "daemon.log").open("wb") as log:
-        one = ["--workers", "1"] if root == ROOT else []  # the baseline may predate it
-        proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--config",
-                                 str(config), *one], stdout=log, stderr=subprocess.STDOUT, cwd=work,
-                                env={**os.environ, "PYTHONPATH": str(root)})
-    try:
-        first, at_first = 0.0, 0.0
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"daemon exited: {(work / 'daemon.log').read_text()[-3000:]}")
-            done = consumed(port)
-            now = time.perf_counter()
-            if done and not first:
-                first, at_first = now, done
-            if done >= n:
-                return (n - at_first) / (now - first)
-            time.sleep(0.1)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        shutil.rmtree(work, ignore_errors=True)
+    kafka = {"bootstrap_servers": bootstrap, "topics": ["logs"], "group_id": f"daemon-{work.name}",
+             "dead_letter_topic": f"dead-{work.name}", **({"client": client} if client else {})}
+    # the baseline checkout may predate --workers
+    return run_daemon(root, work, kafka, [stream.settings_doc(ref, WINDOW)], n,
+                      workers=1 if root == ROOT else None)
 
 
-def daemon_workers(broker: KafkaBroker, stream: SyntheticStream, n: int, workers: int,
-                   work: Path) -> float:
-    """``driftline run --workers N`` over N models, each alone in a one-partition topic with
-    n/N records (a model must live in one partition to be read by one worker; see README
-    "Scaling out"). Same record size and windows as the one-process row."""
+def produce_worker_topics(broker: KafkaBroker, n: int, workers: int, work: Path) -> list[dict]:
+    """N models, each alone in a one-partition topic with n/N records (a model must live in
+    one partition to be read by one worker; see README "Scaling out"). Same record size
+    and windows as the one-topic rows. Returns the models' settings."""
     work.mkdir()
-    port = free_port()
     models = []
     for i in range(workers):
         s = SyntheticStream(model=f"w{i}", seed=100 + i, drift_at=n // workers // 2)
@@ -269,20 +250,36 @@ def daemon_workers(broker: KafkaBroker, stream: SyntheticStream, n: int, workers
             capture_output=True, text=True, check=True, cwd=work)
         models.append(s.settings_doc(s.write_reference_csv(work / f"ref-{i}.csv", 10_000),
                                      WINDOW))
+    return models
+
+
+def daemon_workers(broker: KafkaBroker, models: list[dict], n: int, workers: int,
+                   client: str, work: Path) -> float:
+    """``driftline run --workers W`` over the N models' topics (W = 1 or N)."""
+    work.mkdir()
+    kafka = {"bootstrap_servers": broker.bootstrap,
+             "topics": [f"logs-w{i}" for i in range(len(models))], "client": client,
+             "group_id": f"daemon-{work.name}", "dead_letter_topic": f"dead-{work.name}"}
+    return run_daemon(ROOT, work, kafka, models, len(models) * (n // len(models)),
+                      workers=workers)
+
+
+def run_daemon(root: Path, work: Path, kafka: dict, models: list[dict], total: int,
+               workers: int | None) -> float:
+    """Starts ``driftline run`` of ``root`` and measures it until ``total`` records were
+    consumed (summed over its ``/metrics``)."""
+    port = free_port()
     config = work / "driftline.yml"
     config.write_text(yaml.safe_dump({
-        "source": {"kafka": {"bootstrap_servers": broker.bootstrap,
-                             "topics": [f"logs-w{i}" for i in range(workers)],
-                             "group_id": "daemon-workers", "dead_letter_topic": "dead-workers"}},
+        "source": {"kafka": kafka},
         "metrics": {"address": "127.0.0.1", "port": port},
         "storage": {"url": f"sqlite:///{work / 'driftline.db'}"},
         "log_level": "WARNING", "models": models}, sort_keys=False))
-    total = workers * (n // workers)
+    flags = ["--workers", str(workers)] if workers is not None else []
     with (work / "daemon.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--config",
-                                 str(config), "--workers", str(workers)], stdout=log,
-                                stderr=subprocess.STDOUT, cwd=work,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                 str(config), *flags], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=work, env={**os.environ, "PYTHONPATH": str(root)})
     try:
         first, at_first = 0.0, 0.0
         while True:
