@@ -165,6 +165,7 @@ def holder(procs: list[DaemonProc]) -> DaemonProc | None:
     return None
 
 
+@pytest.mark.timeout(600)  # ~170 s alone; its teardown once passed 300 s on a contended CI machine
 def test_one_request_and_one_run_per_backend_through_kills(
         kafka_broker, kafka_topic, fresh_db, ray_head: str,
         tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
