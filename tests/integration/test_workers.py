@@ -13,7 +13,12 @@ records and offsets and that the group ends at lag 0:
   ``/metrics`` (scraped directly on the ports their logs name).
 * PostgreSQL, SIGKILL of the supervisor: every worker stops (PR_SET_PDEATHSIG: drained and
   committed, "stopped cleanly") within seconds, no orphan survives, and a restarted
-  ``--workers 2`` completes the stream.
+  ``--workers 2`` completes the stream. The kernel may send a worker that SIGTERM more than
+  once (once per supervisor thread that exits while it is the worker's parent); the
+  handler only sets the stop event, so that is harmless.
+
+Test bodies measured on the 2-core VM shared with other jobs (load 2-4): SQLite 16-21 s,
+PostgreSQL 8-16 s, supervisor SIGKILL 12-25 s (its workers gone 1.0-1.4 s after the kill).
 """
 
 from __future__ import annotations
