@@ -34,6 +34,7 @@ import numpy as np
 from monitor.errors import RecordError
 
 if TYPE_CHECKING:
+    from monitor.columns import RowFormat
     from monitor.fastdecode import FastDecoder
 
 FeatureKind = Literal["numeric", "categorical"]
@@ -56,6 +57,11 @@ class InferenceRecord(msgspec.Struct, frozen=True, gc=False):
     probabilities: tuple[float, ...] | None = None
     raw_input: str | tuple[float, ...] | None = None
     embedding: tuple[float, ...] | None = None
+    # The native decoder's features packed in its model's row format (numeric doubles,
+    # category ids; see monitor.columns.RowFormat), so a window writes a batch of them
+    # into its columns without a Python step per value. None from the Python decoder.
+    row: bytes | None = None
+    row_format: RowFormat | None = None
 
 
 @dataclass(frozen=True, slots=True)
