@@ -227,7 +227,8 @@ class Decoder:
     """Validates raw bytes into records for the configured models."""
 
     def __init__(self, models: Mapping[str, ModelSchema], max_bytes: int = 1 << 20,
-                 time_bounds: TimeBounds | None = None, *, native: bool = True) -> None:
+                 time_bounds: TimeBounds | None = None, *, native: bool = True,
+                 pack_rows: bool = True) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self._models = dict(models)
@@ -241,7 +242,9 @@ class Decoder:
         self._fast: FastDecoder | None = None
         if native:
             from monitor.fastdecode import FastDecoder  # it builds on this module's types
-            self._fast = FastDecoder(self._models, max_bytes, self._time, self._check_input)
+            # pack_rows=False: records without packed rows (the benchmark's "before")
+            self._fast = FastDecoder(self._models, max_bytes, self._time, self._check_input,
+                                     pack_rows=pack_rows)
 
     def decode(self, value: bytes | None, broker_timestamp: float | None = None
                ) -> InferenceRecord:
