@@ -11,14 +11,23 @@ embedding is configured) is kept as plain lists.
 
 Categorical values become integer codes: each window starts from the reference's
 categories (codes ``0 .. k-1``) and gives a category not seen before the next code.
+
+Records from the native decoder (:mod:`monitor.fastdecode`) also carry their features
+packed (``record.row``: the numeric values as doubles and each category as the id in a
+per-model :class:`RowFormat` table, one ``struct.pack`` per record at decode time).
+A batch whose records all carry the same format is sealed from those bytes: one
+``np.frombuffer`` and one gather of the ids into the window's codes, no Python step per
+value. Any other batch (records built by hand, by the Python decoder, or straddling a new
+format) takes the dict path; both give the same columns and codes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from operator import attrgetter, itemgetter
+from struct import Struct
 from typing import Any
 
 import numpy as np
@@ -29,6 +38,13 @@ INITIAL_CAPACITY = 1024
 _features = attrgetter("features")
 _prediction = attrgetter("prediction")
 _raw_input = attrgetter("raw_input")
+_row = attrgetter("row")
+_row_format = attrgetter("row_format")
+
+#: A row format's category table is replaced by a fresh one past these bounds, so a
+#: high-cardinality (or hostile) categorical feature cannot grow it without end.
+MAX_TABLE_CATEGORIES = 1 << 18
+MAX_TABLE_CHARS = 16 << 20
 
 
 class CategoryCodes(dict[str, int]):
@@ -61,6 +77,79 @@ class CategoryCodes(dict[str, int]):
         out.update(self)
         out.names = list(self.names)
         return out
+
+
+class TableFull(Exception):
+    """A row format's category table reached its bounds."""
+
+
+class _BoundedCodes(CategoryCodes):
+    """A row format's table: refuses to grow past its bounds (raises TableFull), and looks
+    a category the decoder left as a JSON integer or boolean up by its text."""
+
+    __slots__ = ("chars", "converted")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chars = 0
+        self.converted = False  # a lookup since the last reset was not a string
+
+    def __missing__(self, category: Any) -> int:
+        if type(category) is not str:
+            # not stored under the number: 1 == True == 1.0 would share one entry
+            self.converted = True
+            return self[category_text(category)]
+        if (len(self.names) >= MAX_TABLE_CATEGORIES
+                or self.chars + len(category) > MAX_TABLE_CHARS):
+            raise TableFull
+        self.chars += len(category)
+        return super().__missing__(category)
+
+
+def category_text(value: Any) -> str:
+    """A JSON categorical value as the decoders store it: booleans spelled as in JSON."""
+    return ("true" if value else "false") if type(value) is bool else str(value)
+
+
+class RowFormat:
+    """How one model's decoded records pack their features: the numeric values as
+    little-endian doubles, then each category's id in :attr:`ids` as an int32.
+
+    One format serves a decoder's model until its table fills (the decoder then starts a
+    new one); a window maps the table's ids to its own codes once per id, not per value.
+    """
+
+    __slots__ = ("_struct", "categorical", "dtype", "ids", "numeric")
+
+    def __init__(self, numeric: Sequence[str], categorical: Sequence[str]) -> None:
+        """The features of each kind, in the order of the schema (and ColumnLayout.of)."""
+        self.numeric, self.categorical = tuple(numeric), tuple(categorical)
+        self.ids = _BoundedCodes()
+        n, m = len(self.numeric), len(self.categorical)
+        self._struct = Struct(f"<{n}d{m}i")
+        fields = [("x", "<f8", (n,))] if n else []
+        fields += [("c", "<i4", (m,))] if m else []
+        self.dtype = np.dtype(fields)
+        assert self.dtype.itemsize == self._struct.size  # packed, no padding
+
+    def __repr__(self) -> str:  # records show it: no address, so their reprs compare
+        return f"RowFormat({len(self.numeric)} numeric, {len(self.categorical)} categorical)"
+
+    def fresh(self) -> RowFormat:
+        """The same layout with an empty category table."""
+        return RowFormat(self.numeric, self.categorical)
+
+    def pack(self, values: tuple[Any, ...]) -> tuple[bytes, tuple[Any, ...] | list[Any]]:
+        """One record's row from its values, numeric ones first then categories (as the
+        decoder orders them); and ``values`` with every category as a string (the decoder
+        leaves JSON integers and booleans as they are). Raises TableFull."""
+        n = len(self.numeric)
+        ids = self.ids
+        ids.converted = False
+        codes = tuple(map(ids.__getitem__, values[n:]))  # one C-level pass
+        if ids.converted:  # rare: a category given as a JSON number or boolean
+            values = (*values[:n], *map(ids.names.__getitem__, codes))
+        return self._struct.pack(*values[:n], *codes), values
 
 
 @dataclass(frozen=True)
@@ -123,6 +212,10 @@ class ColumnBuffer:
         self._num_get = _getter(layout.numeric)
         self._cat_get = _getter(layout.categorical)
         self.codes = layout.codes.fork()
+        # packed rows: the format whose ids _remap maps to this window's codes (-1: not yet)
+        self._format: RowFormat | None = None
+        self._remap = np.empty(0, dtype=np.int32)
+        self._mapped = 0  # ids [0, _mapped) have an entry in _remap
         self._n = 0  # sealed records
         self.pending: list[Any] = []
         self.predictions: list[Any] = []
@@ -137,7 +230,67 @@ class ColumnBuffer:
         self.pending = []
         start, end = self._n, self._n + k
         self._reserve(end)
-        features = list(map(_features, records))
+        row_format = self._packed_format(records)
+        if row_format is not None:
+            self._seal_packed(records, row_format, start, end)
+        else:
+            self._seal_dicts(list(map(_features, records)), start, end)
+        self.predictions.extend(map(_prediction, records))
+        if self.inputs is not None:
+            self.inputs.extend(map(_raw_input, records))
+        self._n = end
+
+    def _packed_format(self, records: list[Any]) -> RowFormat | None:
+        """The batch's one row format, if every record has one and it fits this layout."""
+        formats = set(map(_row_format, records))
+        if len(formats) != 1:
+            return None
+        [row_format] = formats
+        if row_format is None or (row_format.numeric != self.layout.numeric
+                or row_format.categorical != self.layout.categorical):
+            return None
+        return row_format  # type: ignore[no-any-return]
+
+    def _seal_packed(self, records: list[Any], row_format: RowFormat, start: int,
+                     end: int) -> None:
+        rows = np.frombuffer(b"".join(map(_row, records)), dtype=row_format.dtype)
+        if self.layout.numeric:
+            self._numeric[:, start:end] = rows["x"].T
+        if self.layout.categorical:
+            self._codes[:, start:end] = self._window_codes(row_format, rows["c"]).T
+
+    def _window_codes(self, row_format: RowFormat, ids: np.ndarray) -> np.ndarray:
+        """A batch's table ids (records x features) as this window's codes."""
+        if row_format is not self._format:
+            self._format, self._remap, self._mapped = row_format, self._remap[:0], 0
+        table = row_format.ids.names
+        known = len(table)  # the decoder may add ids later; this batch's are below
+        if known > self._mapped:
+            if known > self._remap.size:
+                grown = np.empty(max(known, 2 * self._remap.size), dtype=np.int32)
+                grown[:self._mapped] = self._remap[:self._mapped]
+                self._remap = grown
+            # ids whose category the window already knows (the reference's, or seen in a
+            # batch sealed from dicts) get its code now; others wait for their first value
+            self._remap[self._mapped:known] = np.fromiter(
+                map(self.codes.get, table[self._mapped:known], repeat(-1)), dtype=np.int32,
+                count=known - self._mapped)
+            self._mapped = known
+        codes = self._remap[ids]
+        new = codes < 0
+        if new.any():
+            # Categories new to the window take the next codes in the order the dict path
+            # meets them: record by record, feature by feature (row-major, as ``ids``).
+            unseen = ids[new]
+            first = np.unique(unseen, return_index=True)[1]
+            for i in np.sort(first):
+                g = int(unseen[i])
+                self._remap[g] = self.codes[table[g]]
+            codes = self._remap[ids]
+        return codes
+
+    def _seal_dicts(self, features: list[Any], start: int, end: int) -> None:
+        k = end - start
         # One C-level pass per kind: a tuple per record (itemgetter), flattened into the
         # array; no Python step per value.
         if self.layout.numeric:
@@ -150,10 +303,6 @@ class ColumnBuffer:
             self._codes[:, start:end] = np.fromiter(
                 map(self.codes.__getitem__, _flat(map(self._cat_get, features), width)),
                 dtype=np.int32, count=k * width).reshape(k, width).T
-        self.predictions.extend(map(_prediction, records))
-        if self.inputs is not None:
-            self.inputs.extend(map(_raw_input, records))
-        self._n = end
 
     def _reserve(self, n: int) -> None:
         capacity = self._numeric.shape[1]

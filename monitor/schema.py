@@ -34,6 +34,7 @@ import numpy as np
 from monitor.errors import RecordError
 
 if TYPE_CHECKING:
+    from monitor.columns import RowFormat
     from monitor.fastdecode import FastDecoder
 
 FeatureKind = Literal["numeric", "categorical"]
@@ -56,6 +57,11 @@ class InferenceRecord(msgspec.Struct, frozen=True, gc=False):
     probabilities: tuple[float, ...] | None = None
     raw_input: str | tuple[float, ...] | None = None
     embedding: tuple[float, ...] | None = None
+    # The native decoder's features packed in its model's row format (numeric doubles,
+    # category ids; see monitor.columns.RowFormat), so a window writes a batch of them
+    # into its columns without a Python step per value. None from the Python decoder.
+    row: bytes | None = None
+    row_format: RowFormat | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +227,8 @@ class Decoder:
     """Validates raw bytes into records for the configured models."""
 
     def __init__(self, models: Mapping[str, ModelSchema], max_bytes: int = 1 << 20,
-                 time_bounds: TimeBounds | None = None, *, native: bool = True) -> None:
+                 time_bounds: TimeBounds | None = None, *, native: bool = True,
+                 pack_rows: bool = True) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self._models = dict(models)
@@ -235,7 +242,9 @@ class Decoder:
         self._fast: FastDecoder | None = None
         if native:
             from monitor.fastdecode import FastDecoder  # it builds on this module's types
-            self._fast = FastDecoder(self._models, max_bytes, self._time, self._check_input)
+            # pack_rows=False: records without packed rows (the benchmark's "before")
+            self._fast = FastDecoder(self._models, max_bytes, self._time, self._check_input,
+                                     pack_rows=pack_rows)
 
     def decode(self, value: bytes | None, broker_timestamp: float | None = None
                ) -> InferenceRecord:
