@@ -136,6 +136,8 @@ class ConfluentSource:
             "session.timeout.ms": 10_000,
             "topic.metadata.refresh.interval.ms": 30_000,
             "reconnect.backoff.max.ms": 5_000,
+            # as kafka_io: round-robin spreads one-partition topics over the members
+            "partition.assignment.strategy": "roundrobin,range",
             "statistics.interval.ms": 1_000,  # feeds `connected`
             "stats_cb": self._net.on_stats,
             "error_cb": _error_cb("kafka consumer", self._net),

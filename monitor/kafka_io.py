@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTP
@@ -88,6 +90,12 @@ class KafkaSource:
             "metadata_max_age_ms": 30_000,
             # Reconnect within seconds of a broker's return (default back-off: up to 30 s).
             "reconnect_backoff_max_ms": 5_000,
+            # Round-robin first: the range assignor gives partition 0 of every topic to
+            # the same member, so models in one-partition topics would all land on one
+            # daemon or worker. Range stays listed for members of older versions (the
+            # group uses the first strategy every member offers).
+            "partition_assignment_strategy": (RoundRobinPartitionAssignor,
+                                              RangePartitionAssignor),
             **dict(settings.consumer),
         })
         self._listener = _Listener()
