@@ -463,7 +463,8 @@ class KafkaSettings(_Strict):
     poll_timeout_ms: int = Field(default=500, ge=0)
     max_poll_records: int = Field(default=5000, ge=1)
     # The client library (README "Kafka clients"); both give the same delivery guarantees.
-    # confluent-kafka by default: measured 1.8x faster end to end on a quiet VM (benchmarks/bench_ingest_kafka).
+    # confluent-kafka by default: measured 1.8x faster end to end on a quiet VM
+    # (benchmarks/bench_ingest_kafka).
     client: Literal["kafka-python", "confluent-kafka"] = "confluent-kafka"
     # Passed through to kafka-python unchanged (security_protocol, sasl_mechanism,
     # sasl_plain_username, ssl_cafile, ...). A key ending in "_file" names a file whose
