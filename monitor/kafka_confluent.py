@@ -17,6 +17,8 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, cast
 
 from confluent_kafka import (
@@ -32,7 +34,13 @@ from confluent_kafka import (
 
 from monitor.deadletter import dead_letter_headers, recovery_plan
 from monitor.errors import RecordError, SinkError, SourceError
-from monitor.kafka_io import DEAD_LETTER_MAX_VALUE, RECOVER_TIMEOUT_S, _note_source, _security
+from monitor.kafka_io import (
+    COMMIT_TIMEOUT_MS,
+    DEAD_LETTER_MAX_VALUE,
+    RECOVER_TIMEOUT_S,
+    _note_source,
+    _security,
+)
 from monitor.settings import KafkaSettings
 from monitor.sources import Message, RebalanceHook
 from monitor.windows import TopicPartition
@@ -127,6 +135,8 @@ class ConfluentSource:
         self._pending_seeks: dict[TopicPartition, int] | None = None
         self._paused = False
         self._batch = settings.max_poll_records
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="driftline-commit")
+        self._commit_pending: Future[Any] | None = None
         config = _config(settings, {
             "group.id": settings.group_id,
             "enable.auto.commit": False,  # we commit only after the sinks flushed
@@ -199,9 +209,28 @@ class ConfluentSource:
         return out
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commits synchronously, but waits at most COMMIT_TIMEOUT_MS.
+
+        librdkafka's synchronous commit has no timeout: with the broker gone it waits for
+        the coordinator's return, and the loop would sit in it through the whole outage
+        without serving the statistics that report it (``connected``, ``/readyz``). So
+        the commit runs on a helper thread (librdkafka is thread-safe); past the timeout it
+        is reported failed, as kafka-python's bounded commit is, and no other commit starts
+        until it has ended, so commits still reach the broker in order.
+        """
+        pending = self._commit_pending
+        if pending is not None and not pending.done():
+            raise SourceError("offset commit failed: the previous commit is still waiting "
+                              "for the broker")
+        job = self._committer.submit(
+            self._consumer.commit, offsets=[CTP(t, p, o) for (t, p), o in offsets.items()],
+            asynchronous=False)
+        self._commit_pending = job
         try:
-            self._consumer.commit(offsets=[CTP(t, p, o) for (t, p), o in offsets.items()],
-                                  asynchronous=False)
+            job.result(timeout=COMMIT_TIMEOUT_MS / 1000)
+        except FutureTimeout:
+            raise SourceError(f"offset commit failed: no answer from the broker within "
+                              f"{COMMIT_TIMEOUT_MS / 1000:g} s") from None
         except KafkaException as exc:
             raise SourceError(f"offset commit failed: {exc}") from exc
 
@@ -261,6 +290,13 @@ class ConfluentSource:
         self._revoked, self._assigned = revoked, assigned
 
     def close(self) -> None:
+        pending = self._commit_pending
+        if pending is not None:
+            try:  # a commit still waiting for the broker ends before the consumer does
+                pending.result(timeout=2 * COMMIT_TIMEOUT_MS / 1000)
+            except (FutureTimeout, KafkaException):
+                pass
+        self._committer.shutdown(wait=False)
         self._consumer.close()
 
 

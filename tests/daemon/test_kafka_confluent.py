@@ -68,3 +68,48 @@ def test_the_setting_picks_the_client(tmp_path: Path) -> None:
         source.close()
         dead_letter.close()
     assert KafkaSettings().client == "confluent-kafka"  # the default (README "Kafka clients")
+
+
+def test_a_commit_the_broker_does_not_answer_fails_in_bounded_time(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """librdkafka's synchronous commit waits for a gone broker's return; the source gives
+    up after COMMIT_TIMEOUT_MS, starts no commit while that one waits, and commits again
+    once it ended."""
+    import threading
+    import time
+
+    import monitor.kafka_confluent as kc
+
+    monkeypatch.setattr(kc, "COMMIT_TIMEOUT_MS", 200)
+    source = ConfluentSource(KafkaSettings(client="confluent-kafka",
+                                           bootstrap_servers="127.0.0.1:1"))
+    release = threading.Event()
+    committed: list[list] = []
+
+    class Stuck:
+        def commit(self, offsets, asynchronous):  # type: ignore[no-untyped-def]
+            assert asynchronous is False
+            release.wait(10)
+            committed.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+
+        def close(self) -> None:
+            pass
+
+    real = source._consumer
+    source._consumer = Stuck()  # type: ignore[assignment]
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(SourceError, match=r"no answer from the broker within 0\.2 s"):
+            source.commit({("t", 0): 5})
+        assert time.monotonic() - t0 < 2
+        with pytest.raises(SourceError, match="previous commit is still waiting"):
+            source.commit({("t", 0): 7})
+        release.set()
+        deadline = time.monotonic() + 5
+        while source._commit_pending is not None and not source._commit_pending.done():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        source.commit({("t", 0): 9})
+        assert committed == [[("t", 0, 5)], [("t", 0, 9)]]  # in order, the refused one never
+    finally:
+        source.close()
+        real.close()
